@@ -1,0 +1,1 @@
+"""The recmtl command-line shell (Typer)."""

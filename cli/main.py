@@ -1,0 +1,21 @@
+"""The ``recmtl`` command: a thin Typer shell over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import prepare as prepare_cmd
+
+app = typer.Typer(
+    name="recmtl",
+    help="Multi-task training for recommender systems: prepare -> train -> evaluate -> compare.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("prepare")(prepare_cmd.prepare)
+app.command("info")(prepare_cmd.info)
+
+
+def main() -> None:
+    app()

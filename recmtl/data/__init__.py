@@ -1,0 +1,1 @@
+"""Data: raw readers, the shared prepare pipeline, and the prepared-directory store."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: where the real datasets live, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECMTL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset under ../shared/data, skipping the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not available (real datasets live in ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def ciao_raw() -> Path:
+    return shared_dataset("ciao")
+
+
+@pytest.fixture
+def lastfm_raw() -> Path:
+    return shared_dataset("lastfm-2k")
