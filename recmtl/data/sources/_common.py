@@ -120,6 +120,9 @@ COLUMN_ALIASES = {
 
 GZIP_MAGIC = b"\x1f\x8b"
 
+#: A "line" longer than this (bytes) means the file is not JSON lines at all.
+MAX_JSON_LINE = 1 << 28
+
 
 def first_line(message: object) -> str:
     """The first line of an exception message (polars adds multi-line context stacks)."""
@@ -140,7 +143,7 @@ def parse_columns(spec: str) -> list[str]:
             continue
         if name not in COLUMN_ALIASES:
             raise ConfigError(
-                f"--columns {spec!r}: unknown column {raw.strip()!r} (use user, item, rating, ts or _ to skip)"
+                f"--columns {spec!r}: unknown column {raw.strip()!r} (known: user, item, rating, ts; _ skips)"
             )
         role = COLUMN_ALIASES[name]
         if role in roles:
@@ -251,7 +254,7 @@ def parse_numbers(frame: pl.DataFrame, dtypes: dict[str, pl.DataType], path: Pat
 
 
 def all_canonical_ints(columns: list[pl.Series]) -> bool:
-    """True when every non-null value of every String series is a canonical integer (:data:`CANONICAL_INT`)."""
+    """True when every non-null value of every String series is a :data:`CANONICAL_INT` integer."""
     return all(bool(s.drop_nulls().str.contains(CANONICAL_INT).all()) for s in columns)
 
 
@@ -319,7 +322,7 @@ def read_json_lines(
                 break
             cut = len(data) if not block else data.rfind(b"\n") + 1
             if cut == 0:
-                if len(data) > 4 * chunk_bytes:
+                if len(data) > MAX_JSON_LINE:
                     raise DataFormatError(
                         f"{path}, line {line_no}: line too long, expected {what} JSON lines"
                     )
@@ -341,11 +344,12 @@ def _parse_json_chunk(
         return pl.read_ndjson(io.BytesIO(part), schema=schema)
     except (pl.exceptions.PolarsError, ValueError) as exc:
         index, message = _first_bad_json_line(part.split(b"\n"), schema, first_line(exc))
-        raise DataFormatError(f"{path}, line {line_no + index}: not a {what} JSON line ({message})") from None
+        where = f"{path}, line {line_no + index}"
+        raise DataFormatError(f"{where}: not a valid {what} JSON line ({message})") from None
 
 
 def require_fields(frame: pl.DataFrame, fields: list[str], path: Path, what: str) -> None:
     """Raise DataFormatError when the (non-empty) ``frame`` lacks one of ``fields`` on every row."""
     for f in fields:
         if frame.height and frame[f].null_count() == frame.height:
-            raise DataFormatError(f"{path}: no {f!r} field on any line, expected a {what} file")
+            raise DataFormatError(f"{path}: no {f!r} field on any line, expected {what}")

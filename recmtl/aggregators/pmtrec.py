@@ -1,0 +1,142 @@
+"""PMTRec: personalised multi-task gradient aggregation (METHODS.md §4).
+
+Yang et al. 2024, "Personalized Multi-task Training for Recommender System", IEEE BigData 2024,
+arXiv:2407.21364. The paper publishes no code; every step below is a **[reading]** of its formulas and
+sits behind a named option whose default is the reading in METHODS.md §4.
+
+For a row r with active (present) tasks A, task gradients G_t = G[r, t], norms n_t = ||G_t||, main task 0
+(``main_task``) and epoch index s (0-based, ``StepInfo.epoch``):
+
+1. Task Focusing — ``focus`` [reading]:
+   - ``"norm"`` (default): boost the main task's norm, ``n'_0 = α^s · n_0``, others unchanged, then
+     ``p_t = n'_t / Σ_{k∈A} n'_k``. Computed in log space, ``log p_t = log n'_t − logsumexp_{k∈A} log n'_k``
+     with ``log n'_0 = log n_0 + s·ln α``, so s = 10 000 cannot overflow; n = 0 is log 0 = −inf (p = 0).
+   - ``"logit"``: p from the un-boosted norms, and ``s·ln α`` added to the main task's softmax logit.
+2. Gradient Magnitude Balancing [reading]: ``w_t = softmax_{t∈A}(p_t / τ)``.
+   Note that with ``focus="norm"`` p_0 → 1 as s grows, so w_0 tends to ``e^{1/τ} / (e^{1/τ} + |A| − 1)``
+   (≈ 0.73 for τ = 1 and two tasks), not to 1; ``focus="logit"`` drives w_0 → 1 for any τ.
+3. Combination — ``combine`` [reading]:
+   - ``"unit"`` (default): ``g_r = (Σ_t w_t G_t / n_t) · (Σ_t w_t n_t)``, i.e. coefficients
+     ``c_t = w_t · (Σ_k w_k n_k) / n_t`` (c_t = 0 when n_t = 0). The scale uses the *un-boosted* norms.
+     A row touched only by the main task keeps exactly its gradient (c_0 = 1).
+   - ``"raw"``: ``c_t = w_t``.
+
+Only the norms are needed (one pass over the gradients), never the Gram matrix; the coefficient math runs
+on [R, T] tensors in float32 (float64 for float64 gradients), then one batched weighted sum.
+Supports both modes (per-row is the paper's; global mode = R = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from recmtl.aggregators._math import masked_softmax, safe_div
+from recmtl.aggregators.base import (
+    Coefficients,
+    GradStats,
+    StepInfo,
+    WeightedAggregator,
+    check_choice,
+    check_index,
+    check_main_task,
+    check_real,
+    main_task_mask,
+)
+
+ALPHA_RANGE = (1.0, 10.0)  # α ≥ 1 (α < 1 would de-focus the main task); spec grid 1.0–1.5
+TAU_RANGE = (0.0, 100.0)  # τ in (0, 100]; spec grid 0.1–10
+COMBINE = ("unit", "raw")
+FOCUS = ("norm", "logit")
+
+
+def pmtrec_task_weights(
+    norms: Tensor,
+    present: Tensor,
+    epoch: int,
+    *,
+    alpha: float,
+    tau: float,
+    focus: str = "norm",
+    main_task: int = 0,
+) -> Tensor:
+    """Steps 1–2: the softmax weights w [R, T] from the norms [R, T] (0 for absent tasks, rows sum to 1
+    over present tasks, all zeros for a row with no present task)."""
+    boost = epoch * math.log(alpha)  # s · ln α, a Python float: finite for any realistic s
+    is_main = main_task_mask(main_task, norms.shape[1], norms.device).to(norms.dtype)
+    if focus == "norm":
+        neg_inf = torch.full_like(norms, float("-inf"))
+        log_n = torch.where(present, torch.log(norms), neg_inf) + boost * is_main
+        lse = torch.logsumexp(log_n, dim=-1, keepdim=True)
+        lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # all norms 0: p = 0
+        p = torch.exp(log_n - lse)
+        logits = p / tau
+    else:  # "logit"
+        masked = norms.masked_fill(~present, 0.0)
+        p = safe_div(masked, masked.sum(dim=-1, keepdim=True))
+        logits = p / tau + boost * is_main
+    return masked_softmax(logits, present)
+
+
+def pmtrec_coefficients(w: Tensor, norms: Tensor, combine: str = "unit") -> Tensor:
+    """Step 3: coefficients c [R, T] such that update = Σ_t c_t G_t.
+
+    "unit": c_t = w_t · (Σ_k w_k n_k) / n_t, 0 where n_t = 0 (written as (w_t S) / n_t so a zero weight
+    never meets an infinite ratio); "raw": c_t = w_t. ``norms`` [R, T] (0 where absent), ``w`` [R, T].
+    """
+    if combine == "raw":
+        return w
+    scale = (w * norms).sum(dim=-1, keepdim=True)  # Σ_k w_k n_k, un-boosted norms
+    # A ratio S / n_t beyond the dtype's range (n_t < S / 3e38: only for near-underflow norms) is clamped
+    # to the largest finite value instead of becoming inf.
+    return safe_div(w * scale, norms).clamp(max=torch.finfo(norms.dtype).max)
+
+
+@dataclass(frozen=True)
+class PMTRec(WeightedAggregator):
+    """PMTRec aggregation (see module docstring).
+
+    alpha: focusing base α ∈ [1, 10] (default 1.1; 1.0 disables focusing).
+    tau: softmax temperature τ ∈ (0, 100] (default 1.0; large τ → uniform weights).
+    combine: "unit" (default) or "raw" [reading].
+    focus: "norm" (default) or "logit" [reading].
+    main_task: index of the main task (default 0).
+    """
+
+    alpha: float = 1.1
+    tau: float = 1.0
+    combine: str = "unit"
+    focus: str = "norm"
+    main_task: int = 0
+
+    name: ClassVar[str] = "pmtrec"
+    modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
+    needs: ClassVar[str] = "norms"
+
+    def __post_init__(self) -> None:
+        check_real(self.name, "alpha", self.alpha, low=ALPHA_RANGE[0], high=ALPHA_RANGE[1])
+        check_real(self.name, "tau", self.tau, low=TAU_RANGE[0], high=TAU_RANGE[1], low_open=True)
+        check_choice(self.name, "combine", self.combine, COMBINE)
+        check_choice(self.name, "focus", self.focus, FOCUS)
+        check_index(self.name, "main_task", self.main_task)
+
+    def coefficients(self, stats: GradStats, present: Tensor, state: Any, info: StepInfo) -> Coefficients:
+        check_main_task(self.name, self.main_task, present.shape[1])
+        if info.epoch < 0:
+            raise ValueError(f"pmtrec: StepInfo.epoch must be >= 0, got {info.epoch}")
+        assert stats.norms is not None
+        w = pmtrec_task_weights(
+            stats.norms,
+            present,
+            info.epoch,
+            alpha=float(self.alpha),
+            tau=float(self.tau),
+            focus=self.focus,
+            main_task=self.main_task,
+        )
+        c = pmtrec_coefficients(w, stats.norms, self.combine)
+        return Coefficients(weights=c, state=state, extras={"task_weights": w})

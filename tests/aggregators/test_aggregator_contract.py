@@ -1,0 +1,184 @@
+"""The contract every registered aggregator honours, in both modes (STYLE.md "Habits" 6).
+
+Parametrised over ``aggregator_cases.CONFIGS`` (every registered name with its defaults, plus PMTRec's
+[reading] options) × {"row", "global"}.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recmtl.aggregators import AGGREGATORS, Aggregation, StepInfo
+from recmtl.aggregators.base import MODES
+from tests.aggregators.aggregator_cases import CONFIGS, SHAPES, random_case
+
+MODE_LIST = sorted(MODES)
+# Methods for which grads × k → update × k (k > 0) does not hold (e.g. loss-based weightings).
+NOT_SCALE_EQUIVARIANT: set[str] = set()
+
+
+def info(epoch: int = 3) -> StepInfo:
+    return StepInfo(epoch=epoch, step=11, generator=torch.Generator().manual_seed(7))
+
+
+def run(agg, grads, present, epoch: int = 3) -> Aggregation:
+    return agg(grads, present, agg.init_state(grads.shape[1]), info(epoch))
+
+
+def close(a: torch.Tensor, b: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    # atol relative to the magnitude of the reference, so the global-mode case (large D) is judged fairly
+    scale = float(b.abs().max()) if b.numel() else 1.0
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol * max(scale, 1.0))
+
+
+def test_every_registered_aggregator_is_in_the_contract():
+    assert {name for name, _ in CONFIGS} == set(AGGREGATORS)
+    for name, cls in AGGREGATORS.items():
+        assert cls.name == name
+        assert cls.modes and cls.modes <= MODES
+
+
+@pytest.fixture(params=MODE_LIST)
+def mode(request, aggregator):
+    if request.param not in aggregator.modes:
+        pytest.skip(f"{aggregator.name} does not support {request.param} mode")
+    return request.param
+
+
+def test_shapes_dtypes_and_finite(aggregator, mode):
+    grads, present = random_case(mode)
+    out = run(aggregator, grads, present)
+    R, T, D = grads.shape
+    assert out.update.shape == (R, D)
+    assert out.update.dtype == grads.dtype
+    assert torch.isfinite(out.update).all()
+    if out.weights is not None:
+        assert out.weights.shape == (R, T)
+        assert torch.isfinite(out.weights).all()
+        assert (out.weights[~present] == 0).all(), "absent tasks must get coefficient 0"
+    for key, value in out.extras.items():
+        assert torch.isfinite(value).all(), key
+
+
+def test_coefficients_reproduce_the_update(aggregator, mode):
+    grads, present = random_case(mode, seed=1, dtype=torch.float64)
+    out = run(aggregator, grads, present)
+    if out.weights is None:
+        pytest.skip("not linear")
+    close(out.update, torch.einsum("rt,rtd->rd", out.weights, grads), rtol=1e-10, atol=1e-12)
+
+
+def test_rows_without_present_task_get_zero(aggregator):
+    grads, present = random_case("row", seed=2)
+    present[10:20] = False
+    grads[10:20] = 0.0
+    out = run(aggregator, grads, present)
+    assert (out.update[~present.any(1)] == 0).all()
+    assert out.weights is None or (out.weights[~present.any(1)] == 0).all()
+
+
+@pytest.mark.parametrize("what", ["all zero", "no task present", "present but zero"])
+def test_degenerate_inputs_stay_finite(aggregator, mode, what):
+    R, T, D = (9, 3, 8) if mode == "row" else (1, 3, 4096)
+    grads = torch.randn(R, T, D, generator=torch.Generator().manual_seed(3))
+    present = torch.ones(R, T, dtype=torch.bool)
+    if what == "all zero":
+        grads.zero_()
+    elif what == "no task present":
+        present.zero_()
+        grads.zero_()
+    else:
+        grads[:, 1] = 0.0
+    for epoch in (0, 10_000):
+        out = run(aggregator, grads, present, epoch=epoch)
+        assert torch.isfinite(out.update).all()
+        assert out.weights is None or torch.isfinite(out.weights).all()
+        if what != "present but zero":
+            assert (out.update == 0).all()
+
+
+def test_absent_tasks_are_ignored(aggregator, mode):
+    grads, present = random_case(mode, seed=4)
+    noise = 100.0 * torch.randn(grads.shape, generator=torch.Generator().manual_seed(5))
+    polluted = torch.where(present.unsqueeze(-1), grads, noise)
+    assert not torch.equal(polluted, grads)
+    a, b = run(aggregator, grads, present), run(aggregator, polluted, present)
+    close(b.update, a.update, rtol=1e-6, atol=1e-7)
+    if a.weights is not None:
+        close(b.weights, a.weights, rtol=1e-6, atol=1e-7)
+
+
+def test_permuting_non_main_tasks_changes_nothing(aggregator, mode):
+    grads, present = random_case(mode, seed=6)
+    T = grads.shape[1]
+    perm = torch.tensor([0, *range(T - 1, 0, -1)])  # main stays first, the others reversed
+    assert T > 2 and not torch.equal(perm, torch.arange(T))
+    a = run(aggregator, grads, present)
+    b = run(aggregator, grads[:, perm], present[:, perm])
+    close(b.update, a.update)
+    if a.weights is not None:
+        close(b.weights, a.weights[:, perm])
+
+
+@pytest.mark.parametrize("k", [1e-3, 0.5, 7.0, 1e3])
+def test_scale_equivariance(aggregator, mode, k):
+    if aggregator.name in NOT_SCALE_EQUIVARIANT:
+        pytest.skip("not scale equivariant by design")
+    grads, present = random_case(mode, seed=9)
+    a = run(aggregator, grads, present)
+    b = run(aggregator, grads * k, present)
+    close(b.update, a.update * k, rtol=1e-4, atol=1e-6 * k)
+
+
+def test_batched_equals_loop_over_rows(aggregator, mode):
+    shape = (40, 4, 16) if mode == "row" else (3, 4, SHAPES["global"][2])
+    grads, present = random_case("row", seed=10, shape=shape)
+    batched = run(aggregator, grads, present)
+    for r in range(grads.shape[0]):
+        single = run(aggregator, grads[r : r + 1], present[r : r + 1])
+        close(single.update[0], batched.update[r])
+        if batched.weights is not None:
+            close(single.weights[0], batched.weights[r])
+
+
+def test_deterministic(aggregator, mode):
+    grads, present = random_case(mode, seed=11)
+    a, b = run(aggregator, grads, present), run(aggregator, grads.clone(), present.clone())
+    assert torch.equal(a.update, b.update)
+    assert (a.weights is None) == (b.weights is None)
+    if a.weights is not None:
+        assert torch.equal(a.weights, b.weights)
+
+
+def test_inputs_untouched_and_no_autograd_graph(aggregator, mode):
+    grads, present = random_case(mode, seed=12)
+    grads.requires_grad_(True)
+    before, before_present = grads.detach().clone(), present.clone()
+    out = run(aggregator, grads, present)
+    assert not out.update.requires_grad
+    assert torch.equal(grads.detach(), before) and torch.equal(present, before_present)
+
+
+def test_fixed_weights_are_constant_zero_one(aggregator, mode):
+    if not aggregator.fixed_weights:
+        pytest.skip("coefficients depend on the gradients")
+    grads, present = random_case(mode, seed=13)
+    out = run(aggregator, grads, present)
+    fixed = aggregator.fixed_task_weights(grads.shape[1])
+    assert fixed is not None and set(fixed.tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(out.weights, present.float() * fixed)
+
+
+@pytest.mark.parametrize(
+    "grads, present",
+    [
+        (torch.zeros(4, 3), torch.ones(4, 3, dtype=torch.bool)),  # not 3-D
+        (torch.zeros(4, 3, 2), torch.ones(4, 3)),  # mask not bool
+        (torch.zeros(4, 3, 2), torch.ones(4, 2, dtype=torch.bool)),  # mask shape
+        (torch.zeros(4, 3, 2, dtype=torch.int64), torch.ones(4, 3, dtype=torch.bool)),  # not float
+    ],
+)
+def test_malformed_inputs_raise(aggregator, grads, present):
+    with pytest.raises(ValueError):
+        aggregator(grads, present, None, StepInfo())
