@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli import prepare as prepare_cmd
+from cli import train as train_cmd
 
 app = typer.Typer(
     name="recmtl",
@@ -15,6 +16,8 @@ app = typer.Typer(
 )
 app.command("prepare")(prepare_cmd.prepare)
 app.command("info")(prepare_cmd.info)
+app.command("train")(train_cmd.train)
+app.command("evaluate")(train_cmd.evaluate)
 
 
 def main() -> None:

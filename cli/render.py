@@ -45,3 +45,15 @@ def dataset_summary(manifest: dict[str, Any]) -> Table:
     if dropped:
         table.add_row("dropped rows", ", ".join(f"{k} {_fmt(v)}" for k, v in dropped.items()))
     return table
+
+
+def metrics_table(metrics: dict[str, float], ks: tuple[int, ...], title: str = "") -> Table:
+    """Metric x K table of mean values ("ndcg@20" -> 0.1234)."""
+    names = list(dict.fromkeys(key.split("@")[0] for key in metrics))
+    table = Table(title=title)
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"@{k}", justify="right")
+    for name in names:
+        table.add_row(name, *(f"{metrics.get(f'{name}@{k}', float('nan')):.4f}" for k in ks))
+    return table

@@ -183,3 +183,80 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_jsonable(v) for k, v in obj.items()}
     return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+
+#: Auxiliary task names accepted by ``--aux`` (METHODS.md §2); ``rec`` is always on.
+AUX_TASKS = ("social", "category", "coview", "cobuy", "align", "uniform", "rating")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `recmtl train` needs (METHODS.md §1-4, EVALUATION.md protocol)."""
+
+    data: Path = Path("data/synthetic")
+    name: str | None = None
+    aux: tuple[str, ...] = ()
+    method: str = "pmtrec"
+    mode: str = "row"  # row (per-row, personalised) | global (one flattened vector per task)
+    # PMTRec (METHODS.md §4); passed to any method whose aggregator has a field of the same name
+    alpha: float = 1.1
+    tau: float = 1.0
+    combine: str = "unit"  # [reading] unit | raw
+    focus: str = "norm"  # [reading] norm | logit
+    # model and optimisation
+    dim: int = 64
+    init: str = "normal"  # normal (std init_std) | xavier
+    init_std: float = 0.1
+    epochs: int = 50
+    batch_size: int = 2048
+    aux_batch_size: int | None = None  # None: same as batch_size
+    negatives: int = 1
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    # validation and early stopping
+    eval_every: int = 1
+    patience: int = 10
+    select_metric: str = "ndcg@20"
+    ks: tuple[int, ...] = (10, 20, 40)
+    eval_users_chunk: int = 512
+
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError naming the first option out of range; return self."""
+        unknown = [a for a in self.aux if a not in AUX_TASKS]
+        if unknown:
+            raise ConfigError(f"--aux: unknown task {unknown[0]!r} (known: {', '.join(AUX_TASKS)})")
+        if len(set(self.aux)) != len(self.aux):
+            raise ConfigError(f"--aux: a task is listed twice in {','.join(self.aux)}")
+        checks = [
+            (1.0 <= self.alpha <= 10.0, "--alpha", self.alpha, "in [1, 10] (spec grid 1.0-1.5)"),
+            (0.0 < self.tau <= 100.0, "--tau", self.tau, "in (0, 100] (spec grid 0.1-10)"),
+            (self.mode in ("row", "global"), "--mode", self.mode, "row or global"),
+            (self.combine in ("unit", "raw"), "--combine", self.combine, "unit or raw"),
+            (self.focus in ("norm", "logit"), "--focus", self.focus, "norm or logit"),
+            (self.init in ("normal", "xavier"), "--init", self.init, "normal or xavier"),
+            (self.device in ("auto", "cpu", "cuda"), "--device", self.device, "auto, cpu or cuda"),
+            (self.dim >= 1, "--dim", self.dim, "at least 1"),
+            (self.epochs >= 1, "--epochs", self.epochs, "at least 1"),
+            (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
+            ((self.aux_batch_size or 1) >= 1, "--aux-batch-size", self.aux_batch_size, "at least 1"),
+            (self.negatives >= 1, "--negatives", self.negatives, "at least 1"),
+            (self.lr > 0, "--lr", self.lr, "positive"),
+            (self.init_std > 0, "--init-std", self.init_std, "positive"),
+            (self.eval_every >= 1, "--eval-every", self.eval_every, "at least 1"),
+            (self.patience >= 1, "--patience", self.patience, "at least 1"),
+            (len(self.ks) > 0 and all(k >= 1 for k in self.ks), "--k", self.ks, "positive cut-offs"),
+            (self.eval_users_chunk >= 1, "--eval-users-chunk", self.eval_users_chunk, "at least 1"),
+        ]
+        for ok, option, value, expected in checks:
+            if not ok or (isinstance(value, float) and value != value):
+                raise ConfigError(f"{option} {value} out of range: expected {expected}")
+        metric, _, k = self.select_metric.partition("@")
+        if not k.isdigit() or int(k) not in self.ks:
+            raise ConfigError(
+                f"--select-metric {self.select_metric!r}: expected NAME@K with K in {list(self.ks)}"
+            )
+        return self

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recmtl.aggregators import AGGREGATORS, Aggregation, StepInfo
+from recmtl.aggregators import AGGREGATORS, Aggregation, StepInfo, make_aggregator
 from recmtl.aggregators.base import MODES
-from tests.aggregators.aggregator_cases import CONFIGS, SHAPES, random_case
+from tests.aggregators.aggregator_cases import CONFIGS, SHAPES, config_id, random_case
 
 MODE_LIST = sorted(MODES)
 # Methods for which grads × k → update × k (k > 0) does not hold (e.g. loss-based weightings).
@@ -160,9 +160,12 @@ def test_inputs_untouched_and_no_autograd_graph(aggregator, mode):
     assert torch.equal(grads.detach(), before) and torch.equal(present, before_present)
 
 
-def test_fixed_weights_are_constant_zero_one(aggregator, mode):
-    if not aggregator.fixed_weights:
-        pytest.skip("coefficients depend on the gradients")
+FIXED = [c for c in CONFIGS if make_aggregator(c[0], **c[1]).fixed_weights]
+
+
+@pytest.mark.parametrize("config", FIXED, ids=[config_id(c) for c in FIXED])
+def test_fixed_weights_are_constant_zero_one(config, mode):
+    aggregator = make_aggregator(config[0], **config[1])
     grads, present = random_case(mode, seed=13)
     out = run(aggregator, grads, present)
     fixed = aggregator.fixed_task_weights(grads.shape[1])

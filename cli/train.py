@@ -1,0 +1,216 @@
+"""`recmtl train` and `recmtl evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli._shell import console, given, user_errors
+from cli.render import metrics_table
+from recmtl.config import AUX_TASKS, TrainConfig, build, read_toml
+from recmtl.errors import ConfigError
+from recmtl.eval.run_eval import evaluate_run
+from recmtl.runs import read_run_config
+from recmtl.train.loop import fit, resolve_device
+
+Opt = typer.Option
+
+
+def epoch_summary(record: dict[str, Any], metric: str) -> str:
+    """One line per epoch: losses per task, the validation metric (* = new best), wall time."""
+    parts = [f"epoch {record['epoch']:>3}"]
+    parts += [f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("loss_")]
+    if f"valid_{metric}" in record:
+        parts.append(f"valid {metric} {record[f'valid_{metric}']:.4f}{' *' if record['best'] else ''}")
+    parts.append(f"{record['wall_s']:.1f}s")
+    return " · ".join(parts)
+
+
+class ProgressCallbacks:
+    """A transient rich progress bar over the current epoch's steps, and one summary line per epoch."""
+
+    def __init__(self, progress: Progress, select_metric: str) -> None:
+        self.progress = progress
+        self.metric = select_metric
+        self.task_id: Any = None
+
+    def on_epoch_start(self, epoch: int, n_steps: int) -> None:
+        if self.task_id is not None:
+            self.progress.remove_task(self.task_id)
+        self.task_id = self.progress.add_task(f"epoch {epoch}", total=n_steps)
+
+    def on_step(self, epoch: int, step: int) -> None:
+        self.progress.advance(self.task_id)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        self.progress.console.print(epoch_summary(record, self.metric), highlight=False, soft_wrap=True)
+
+
+class LogCallbacks:
+    """--quiet: one plain line per epoch, for logs."""
+
+    def __init__(self, select_metric: str) -> None:
+        self.metric = select_metric
+
+    def on_epoch_start(self, epoch: int, n_steps: int) -> None:
+        return None
+
+    def on_step(self, epoch: int, step: int) -> None:
+        return None
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        print(epoch_summary(record, self.metric), flush=True)
+
+
+def _default_name(config: TrainConfig) -> str:
+    aux = "+".join(config.aux) if config.aux else "noaux"
+    return f"{config.data.name}-{config.method}-{aux}-s{config.seed}"
+
+
+@user_errors
+def train(
+    data_dir: Annotated[Path | None, typer.Argument(help="Prepared dataset (recmtl prepare output).")] = None,
+    aux: Annotated[str | None, Opt(help=f"Auxiliary tasks, comma-separated: {', '.join(AUX_TASKS)}.")] = None,
+    method: Annotated[str | None, Opt(help="Gradient aggregation: pmtrec (default), ew, single.")] = None,
+    mode: Annotated[
+        str | None, Opt(help="row (per user/item row, personalised) or global (one vector per task).")
+    ] = None,
+    alpha: Annotated[
+        float | None, Opt(help="PMTRec Task Focusing base α in [1, 10]; main norm × α^epoch. Default 1.1.")
+    ] = None,
+    tau: Annotated[float | None, Opt(help="PMTRec softmax temperature τ in (0, 100]. Default 1.0.")] = None,
+    combine: Annotated[str | None, Opt(help="PMTRec [reading] combination: unit (default) or raw.")] = None,
+    focus: Annotated[str | None, Opt(help="PMTRec [reading] focusing on: norm (default) or logit.")] = None,
+    epochs: Annotated[
+        int | None, Opt(help="Maximum epochs (early stopping may end sooner). Default 50.")
+    ] = None,
+    batch_size: Annotated[int | None, Opt(help="Rec positives per step. Default 2048.")] = None,
+    aux_batch_size: Annotated[
+        int | None, Opt(help="Samples per auxiliary task per step (default: --batch-size).")
+    ] = None,
+    lr: Annotated[float | None, Opt(help="Adam learning rate. Default 1e-3.")] = None,
+    dim: Annotated[int | None, Opt(help="Embedding dimension d. Default 64.")] = None,
+    negatives: Annotated[int | None, Opt(help="Negatives per positive for the BPR tasks. Default 1.")] = None,
+    init: Annotated[str | None, Opt(help="Embedding init: normal (std --init-std) or xavier.")] = None,
+    init_std: Annotated[float | None, Opt(help="Std of the normal init. Default 0.1.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed of init, sampling and shuffling. Default 0.")] = None,
+    device: Annotated[str | None, Opt(help="auto (cuda if available), cpu or cuda.")] = None,
+    eval_every: Annotated[int | None, Opt(help="Validate every N epochs. Default 1.")] = None,
+    patience: Annotated[
+        int | None, Opt(help="Stop after N validations without improvement. Default 10.")
+    ] = None,
+    select_metric: Annotated[
+        str | None, Opt(help="Validation metric for model selection. Default ndcg@20.")
+    ] = None,
+    k: Annotated[str | None, Opt("--k", help="Cut-offs for validation metrics. Default 10,20,40.")] = None,
+    config_file: Annotated[
+        Path | None, Opt("--config", help="TOML file with any of these options; flags override it.")
+    ] = None,
+    name: Annotated[str | None, Opt(help="Run name (default: DATA-METHOD-AUX-sSEED).")] = None,
+    runs_dir: Annotated[Path, Opt(help="Where run directories are created.")] = Path("runs"),
+    resume: Annotated[
+        Path | None, Opt(help="Continue the interrupted run in this directory (same options).")
+    ] = None,
+    quiet: Annotated[bool, Opt(help="No progress bars: one log line per epoch.")] = False,
+) -> None:
+    """Train a matrix-factorisation recommender with auxiliary tasks and a gradient-aggregation method.
+
+    Per step, every task's gradient on the touched user/item rows is computed, the rows de-duplicated and
+    the tasks' gradients combined by the method (PMTRec: Task Focusing + Gradient Magnitude Balancing),
+    then a row-sparse Adam update. Validation every epoch with early stopping; writes runs/NAME/ with
+    config.json, metrics.parquet, best.safetensors and a resumable last.safetensors.
+    """
+    overrides = given(
+        aux=aux,
+        method=method,
+        mode=mode,
+        alpha=alpha,
+        tau=tau,
+        combine=combine,
+        focus=focus,
+        epochs=epochs,
+        batch_size=batch_size,
+        aux_batch_size=aux_batch_size,
+        lr=lr,
+        dim=dim,
+        negatives=negatives,
+        init=init,
+        init_std=init_std,
+        seed=seed,
+        device=device,
+        eval_every=eval_every,
+        patience=patience,
+        select_metric=select_metric,
+        ks=k,
+        name=name,
+    )
+    if data_dir is not None:
+        overrides["data"] = data_dir
+    if resume is not None:
+        saved = read_run_config(resume).get("config", {})
+        base = build(TrainConfig, saved, where=f"{resume}/config.json")
+        config = build(TrainConfig, overrides, base=base, where="command line")
+        run_dir = resume
+    else:
+        base = build(TrainConfig, read_toml(config_file), where=str(config_file)) if config_file else None
+        config = build(TrainConfig, overrides, base=base, where="command line")
+        if "data" not in overrides and base is None:
+            raise ConfigError("missing DATA_DIR: the prepared dataset to train on (e.g. data/synthetic)")
+        run_dir = runs_dir / (config.name or _default_name(config))
+    config = config.validate()
+    if quiet:
+        result = fit(config, run_dir, resume=resume is not None, callbacks=LogCallbacks(config.select_metric))
+    else:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console, transient=True) as progress:
+            result = fit(
+                config,
+                run_dir,
+                resume=resume is not None,
+                callbacks=ProgressCallbacks(progress, config.select_metric),
+            )
+    how = "stopped early" if result.stopped_early else "finished"
+    console.print(
+        f"{how}: best valid {config.select_metric} {result.best_value:.4f} at epoch {result.best_epoch}"
+    )
+    console.print(f"run directory: {run_dir}", soft_wrap=True)
+
+
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by recmtl train.")],
+    split: Annotated[str, Opt(help="test (mask train + valid items) or valid (mask train items).")] = "test",
+    k: Annotated[str, Opt("--k", help="Cut-offs K, comma-separated.")] = "10,20,40",
+    device: Annotated[str, Opt(help="auto, cpu or cuda.")] = "auto",
+    users_chunk: Annotated[
+        int | None, Opt(help="Users scored at a time (default: ~128 MB of scores).")
+    ] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """Full-ranking top-K evaluation of a run's best checkpoint over all items.
+
+    Every user with at least one positive in the split is ranked against every item, after masking the
+    items seen in training (and validation, for test). Writes metrics.json and per_user.parquet into the
+    run directory.
+    """
+    try:
+        ks = tuple(int(x) for x in k.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--k {k!r}: expected comma-separated whole numbers like 10,20,40") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--k {k!r}: expected positive cut-offs")
+    if users_chunk is not None and users_chunk < 1:
+        raise ConfigError(f"--users-chunk {users_chunk}: expected at least 1")
+    report, _ = evaluate_run(
+        run_dir, split=split, ks=ks, device=resolve_device(device), users_chunk=users_chunk
+    )
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(
+            metrics_table(report.metrics, report.ks, title=f"{run_dir} · {split} · {report.n_users:,} users")
+        )

@@ -1,0 +1,116 @@
+"""Evaluate a trained run: load its best checkpoint, rank every user over all items, write the results.
+
+Outputs in the run directory: ``metrics.json`` (every metric at every K, the split, the checkpoint's
+sha256, the number of evaluated users) and ``per_user.parquet`` (user_id, n_train, n_pos, one column per
+metric) so that comparisons can run paired tests and break results down by user activity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from recmtl.config import TrainConfig, build
+from recmtl.data.store import open_dataset, sha256_file
+from recmtl.errors import RecmtlError
+from recmtl.eval.ranking import CSR, RankingResult, rank_users
+from recmtl.model.mf import MFModel
+from recmtl.runs import BEST, load_tensors, read_run_config, write_json
+from recmtl.train.data import TrainData
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    split: str
+    ks: tuple[int, ...]
+    metrics: dict[str, float]  # "ndcg@20" -> mean over evaluated users
+    n_users: int
+    checkpoint_sha256: str
+    checkpoint_epoch: int | None
+    device: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "ks": list(self.ks),
+            "metrics": self.metrics,
+            "n_users": self.n_users,
+            "checkpoint": {"file": BEST, "sha256": self.checkpoint_sha256, "epoch": self.checkpoint_epoch},
+            "device": self.device,
+        }
+
+
+def split_targets(data: TrainData, split: str) -> tuple[CSR, CSR]:
+    """Positives of ``split`` and the items masked before the top-K: train when validating, train + valid
+    when testing (EVALUATION.md)."""
+    if split not in ("valid", "test"):
+        raise RecmtlError(f"--split {split!r}: expected valid or test")
+    pairs = getattr(data, split)
+    positives = CSR.from_pairs(pairs.a, pairs.b, data.n_users)
+    masked = [data.train] if split == "valid" else [data.train, data.valid]
+    exclude = CSR.from_pairs(torch.cat([p.a for p in masked]), torch.cat([p.b for p in masked]), data.n_users)
+    return positives, exclude
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    split: str = "test",
+    ks: tuple[int, ...] = (10, 20, 40),
+    device: torch.device | str = "cpu",
+    users_chunk: int | None = None,
+    write: bool = True,
+) -> tuple[EvalReport, RankingResult]:
+    """Full-ranking evaluation of ``run_dir``'s best checkpoint on ``split``; writes the outputs unless not
+    ``write``."""
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    config = build(TrainConfig, saved.get("config", {}), where=f"{run_dir}/config.json")
+    checkpoint = run_dir / BEST
+    if not checkpoint.is_file():
+        raise RecmtlError(f"{run_dir}: no {BEST} checkpoint (the run has not finished an epoch)")
+    dataset = open_dataset(config.data)
+    if dataset.data_hash != saved.get("data", {}).get("hash"):
+        raise RecmtlError(f"{config.data}: the data changed since {run_dir} was trained (hash mismatch)")
+    tensors, meta = load_tensors(checkpoint)
+    model = MFModel.from_state_tensors(tensors)
+    device = torch.device(device)
+    data = TrainData.load(dataset, torch.device("cpu"))
+    positives, exclude = split_targets(data, split)
+    result = rank_users(
+        model.user_embeddings(),
+        model.item_embeddings(),
+        positives,
+        exclude,
+        ks,
+        users_chunk=users_chunk,
+        device=device,
+    )
+    report = EvalReport(
+        split=split,
+        ks=tuple(sorted(ks)),
+        metrics=result.mean(),
+        n_users=result.n_users,
+        checkpoint_sha256=sha256_file(checkpoint),
+        checkpoint_epoch=meta.get("epoch"),
+        device=str(device),
+    )
+    if write:
+        write_json(run_dir / "metrics.json", report.to_json())
+        n_train = torch.bincount(data.train.a, minlength=data.n_users)
+        frame = pl.DataFrame(
+            {
+                "user_id": result.user_ids.numpy().astype("int32"),
+                "n_train": n_train[result.user_ids].numpy().astype("int32"),
+                "n_pos": result.n_pos.numpy().astype("int32"),
+            }
+            | {name: values.numpy() for name, values in result.per_user.items()}
+        )
+        tmp = run_dir / ".per_user.parquet.tmp"
+        frame.write_parquet(tmp)
+        tmp.replace(run_dir / "per_user.parquet")
+    return report, result

@@ -1,0 +1,85 @@
+"""The run directory ``runs/<name>/`` and its checkpoints.
+
+```
+config.json        resolved TrainConfig, data path + hash, package versions, device, back end
+metrics.parquet    one row per epoch: loss_<task>, weight_<task>, valid_<metric>@K, wall_s, best
+best.safetensors   model tensors of the best validation epoch (metadata: epoch, metric, value)
+last.safetensors   model + optimiser moments + sampler RNG of the last finished epoch; its metadata holds
+                   the loop state as JSON (epoch, Adam step counts, early-stopping state, history), so one
+                   atomic file is the whole resumable state
+metrics.json       written by `recmtl evaluate` (plus per_user.parquet)
+```
+Checkpoints are safetensors: loading them never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from recmtl.data.store import atomic_write_text
+from recmtl.errors import RecmtlError
+
+CONFIG = "config.json"
+METRICS = "metrics.parquet"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+STATE_KEY = "recmtl_state"
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` (made contiguous, on CPU) with ``meta`` stored as JSON metadata."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(cpu, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_tensors`; a bad file is a one-line RecmtlError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecmtlError(f"{path}: checkpoint not found")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get(STATE_KEY, "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as exc:
+        raise RecmtlError(f"{path}: not a readable recmtl checkpoint ({exc})") from None
+    return tensors, meta
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """config.json of a run directory, or a one-line error saying why ``run_dir`` is not a run."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise RecmtlError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise RecmtlError(f"{run_dir}: no {CONFIG} (not a recmtl run directory)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RecmtlError(f"{path}: not valid JSON ({exc})") from None
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.parquet atomically from the per-epoch records."""
+    path = Path(run_dir) / METRICS
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    pl.DataFrame(history).write_parquet(tmp)
+    tmp.replace(path)

@@ -1,0 +1,300 @@
+"""The training loop: epochs, validation, early stopping, checkpoints, resume (EVALUATION.md protocol).
+
+``fit`` trains one run into its run directory. Randomness comes from one ``torch.Generator`` re-seeded at
+the start of every epoch from (seed, epoch), so an interrupted run resumed from its last checkpoint draws
+exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import recmtl
+from recmtl.aggregators import make_aggregator
+from recmtl.aggregators.base import StepInfo
+from recmtl.config import TrainConfig, to_jsonable
+from recmtl.data.store import PreparedDataset, open_dataset
+from recmtl.errors import RecmtlError
+from recmtl.eval.ranking import rank_users
+from recmtl.eval.run_eval import split_targets
+from recmtl.model.mf import MFModel
+from recmtl.runs import (
+    BEST,
+    CONFIG,
+    LAST,
+    load_tensors,
+    read_run_config,
+    save_tensors,
+    write_json,
+    write_metrics,
+)
+from recmtl.tasks import TaskOptions, build_tasks
+from recmtl.train.data import TrainData
+from recmtl.train.row_adam import RowAdam
+from recmtl.train.step import StepPlan, train_step
+
+
+class Callbacks(Protocol):
+    """What the loop reports while it runs (the CLI draws progress bars from it)."""
+
+    def on_epoch_start(self, epoch: int, n_steps: int) -> None: ...
+    def on_step(self, epoch: int, step: int) -> None: ...
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+
+
+class NoCallbacks:
+    def on_epoch_start(self, epoch: int, n_steps: int) -> None:
+        return None
+
+    def on_step(self, epoch: int, step: int) -> None:
+        return None
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        return None
+
+
+class TrainingDiverged(RecmtlError):
+    """A task's loss became NaN or inf."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    best_value: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an explicit ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RecmtlError("--device cuda requested but CUDA is not available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.device) -> dict[str, Any]:
+    """What config.json records: every resolved option, the data identity, versions and device."""
+    return {
+        "config": to_jsonable(config),
+        "data": {"path": str(dataset.root), "name": dataset.manifest.get("name"), "hash": dataset.data_hash},
+        "versions": {
+            "recmtl": recmtl.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "device": str(device),
+        "backend": "torch",
+    }
+
+
+def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
+    for key in sorted(set(saved) | set(new)):
+        if key in ("device",):
+            continue
+        if saved.get(key) != new.get(key):
+            raise RecmtlError(
+                f"--resume {run_dir}: option {key} is {new.get(key)!r} but the run was started with "
+                f"{saved.get(key)!r} (start a new run to change it)"
+            )
+
+
+def fit(
+    config: TrainConfig, run_dir: Path, *, resume: bool = False, callbacks: Callbacks | None = None
+) -> FitResult:
+    """Train ``config`` into ``run_dir`` (new), or continue it (``resume``) from its last checkpoint."""
+    callbacks = callbacks or NoCallbacks()
+    config = config.validate()
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    dataset = open_dataset(config.data)
+    meta = run_metadata(config, dataset, device)
+    if resume:
+        saved = read_run_config(run_dir)
+        _compare_configs(saved.get("config", {}), meta["config"], run_dir)
+        if saved.get("data", {}).get("hash") != meta["data"]["hash"]:
+            raise RecmtlError(f"--resume {run_dir}: the data in {config.data} differs from the run's data")
+    elif (run_dir / CONFIG).exists():
+        raise RecmtlError(f"{run_dir}: run directory exists (use --resume to continue it, or another --name)")
+
+    data = TrainData.load(dataset, device)
+    options = TaskOptions(
+        batch_size=config.aux_batch_size or config.batch_size,
+        negatives=config.negatives,
+        init_std=config.init_std,
+    )
+    tasks = build_tasks(config.aux, data, options)  # fails on a missing table before any training
+    params = {"alpha": config.alpha, "tau": config.tau, "combine": config.combine, "focus": config.focus}
+    aggregator = _make_aggregator(config.method, params, config.mode)
+
+    init_gen = torch.Generator().manual_seed(config.seed)
+    model = MFModel.create(data.n_users, data.n_items, config.dim, config.init, config.init_std, config.seed)
+    for task in tasks:
+        model.private |= {f"{task.name}.{k}": v for k, v in task.init_private(config.dim, init_gen).items()}
+    model = model.to(device)
+    private_opt = torch.optim.Adam(list(model.private.values()), lr=config.lr) if model.private else None
+    plan = StepPlan(
+        tasks=tasks,
+        aggregator=aggregator,
+        mode=config.mode,
+        fixed_weights=aggregator.fixed_task_weights(len(tasks)),
+        private_optimizer=private_opt,
+        row_adam=RowAdam.like(model.weight, config.lr),
+    )
+    agg_state = aggregator.init_state(len(tasks))
+    loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
+    if resume:
+        model, loop = _restore(run_dir, model, plan, private_opt)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, meta)
+
+    valid_pos, valid_excl = split_targets(data, "valid")
+    task_names = [t.name for t in tasks]
+    generator = torch.Generator(device=device)
+    n_train = len(data.train)
+    n_steps = math.ceil(n_train / config.batch_size)
+    stopped_early = False
+    for epoch in range(loop["epoch"] + 1, config.epochs):
+        start = time.perf_counter()
+        generator.manual_seed(epoch_seed(config.seed, epoch))
+        callbacks.on_epoch_start(epoch, n_steps)
+        order = torch.randperm(n_train, generator=generator, device=device)
+        loss_sum = torch.zeros(len(tasks), device=device)
+        weight_sum = torch.zeros(len(tasks), device=device)
+        weight_count = torch.zeros(len(tasks), device=device)
+        first_bad = torch.full((len(tasks),), -1, dtype=torch.long, device=device)
+        for step in range(n_steps):
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            info = StepInfo(epoch=epoch, step=step, generator=generator)
+            out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, info, agg_state)
+            agg_state = out.state
+            loss_sum += out.losses
+            weight_sum += out.weight_sum
+            weight_count += out.weight_count
+            bad = ~torch.isfinite(out.losses) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+            callbacks.on_step(epoch, step)
+        _check_finite(first_bad, task_names, epoch, run_dir, loop["epoch"])
+
+        record: dict[str, Any] = {"epoch": epoch}
+        for t, name in enumerate(task_names):
+            record[f"loss_{name}"] = float(loss_sum[t]) / n_steps
+            count = float(weight_count[t])
+            record[f"weight_{name}"] = float(weight_sum[t]) / count if count else float("nan")
+        improved = False
+        if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
+            result = rank_users(
+                model.user_embeddings(),
+                model.item_embeddings(),
+                valid_pos,
+                valid_excl,
+                config.ks,
+                users_chunk=config.eval_users_chunk,
+                device=device,
+            )
+            record |= {f"valid_{k}": v for k, v in result.mean().items()}
+            value = record[f"valid_{config.select_metric}"]
+            if value > loop["best_value"]:
+                loop["best_value"], loop["best_epoch"], loop["bad_evals"] = value, epoch, 0
+                improved = True
+            else:
+                loop["bad_evals"] += 1
+        record["best"] = improved
+        record["wall_s"] = time.perf_counter() - start
+        loop["epoch"] = epoch
+        loop["history"].append(record)
+        if improved:
+            best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
+            save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
+        _save_last(run_dir, model, plan, private_opt, loop)
+        write_metrics(run_dir, loop["history"])
+        callbacks.on_epoch_end(record)
+        if loop["bad_evals"] >= config.patience:
+            stopped_early = True
+            break
+    return FitResult(run_dir, loop["best_epoch"], loop["best_value"], loop["history"], stopped_early)
+
+
+def _make_aggregator(method: str, params: dict[str, Any], mode: str):
+    import dataclasses
+
+    from recmtl.aggregators import AGGREGATORS
+
+    cls = AGGREGATORS.get(method)
+    accepted = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    aggregator = make_aggregator(method, **{k: v for k, v in params.items() if k in accepted})
+    if mode not in aggregator.modes:
+        supported = ", ".join(sorted(aggregator.modes))
+        raise RecmtlError(f"--method {method} does not support --mode {mode} (supports: {supported})")
+    return aggregator
+
+
+def _check_finite(
+    first_bad: torch.Tensor, names: list[str], epoch: int, run_dir: Path, last_good: int
+) -> None:
+    bad = [(int(s), names[t]) for t, s in enumerate(first_bad.tolist()) if s >= 0]
+    if not bad:
+        return
+    step, _ = min(bad)
+    culprits = ", ".join(name for s, name in bad if s == step)
+    kept = (
+        f"the last good checkpoint (epoch {last_good}) is kept in {run_dir / LAST}"
+        if last_good >= 0
+        else "no epoch had finished, so no checkpoint was written"
+    )
+    raise TrainingDiverged(f"loss of task {culprits} became NaN or inf at epoch {epoch}, step {step}; {kept}")
+
+
+def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, private_opt, loop: dict[str, Any]) -> None:
+    tensors = dict(model.state_tensors())
+    tensors["adam.m"], tensors["adam.v"] = plan.row_adam.m, plan.row_adam.v
+    opt_meta: dict[str, Any] = {"row_adam_steps": plan.row_adam.steps}
+    if private_opt is not None:
+        names = list(model.private)
+        steps = {}
+        for i, p in enumerate(private_opt.param_groups[0]["params"]):
+            state = private_opt.state.get(p, {})
+            if state:
+                tensors[f"private_adam.exp_avg.{names[i]}"] = state["exp_avg"]
+                tensors[f"private_adam.exp_avg_sq.{names[i]}"] = state["exp_avg_sq"]
+                steps[names[i]] = float(state["step"])
+        opt_meta["private_adam_steps"] = steps
+    save_tensors(run_dir / LAST, tensors, {"loop": loop, "optim": opt_meta})
+
+
+def _restore(run_dir: Path, model: MFModel, plan: StepPlan, private_opt) -> tuple[MFModel, dict[str, Any]]:
+    tensors, meta = load_tensors(run_dir / LAST)
+    device = model.weight.device
+    with torch.no_grad():
+        for name, table in model.tables.items():
+            table.copy_(tensors[f"table.{name}"].to(device))
+        plan.row_adam.m.copy_(tensors["adam.m"].to(device))
+        plan.row_adam.v.copy_(tensors["adam.v"].to(device))
+        for name, param in model.private.items():
+            param.copy_(tensors[f"private.{name}"].to(device))
+    plan.row_adam.steps = int(meta["optim"]["row_adam_steps"])
+    if private_opt is not None:
+        names = list(model.private)
+        for i, p in enumerate(private_opt.param_groups[0]["params"]):
+            step = meta["optim"].get("private_adam_steps", {}).get(names[i])
+            if step is not None:
+                private_opt.state[p] = {
+                    "step": torch.tensor(step),
+                    "exp_avg": tensors[f"private_adam.exp_avg.{names[i]}"].to(device),
+                    "exp_avg_sq": tensors[f"private_adam.exp_avg_sq.{names[i]}"].to(device),
+                }
+    return model, meta["loop"]
