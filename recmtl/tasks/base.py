@@ -34,7 +34,7 @@ class TaskOptions:
     batch_size: int = 2048  # auxiliary batch size (the rec batch comes from the epoch's shuffle)
     negatives: int = 1
     init_std: float = 0.1
-    negative_rounds: int = 3  # rejection rounds for negatives that hit a known positive
+    negative_rounds: int = 1  # rejection rounds for negatives that hit a known positive
 
 
 class Task(ABC):
@@ -63,7 +63,7 @@ class Task(ABC):
 def bpr_loss(anchor: Tensor, positive: Tensor, negatives: Tensor) -> Tensor:
     """Mean BPR loss -log σ(<a, p> - <a, n>). anchor, positive: [B, D]; negatives: [B, N, D]."""
     pos = (anchor * positive).sum(-1, keepdim=True)  # [B, 1]
-    neg = torch.einsum("bd,bnd->bn", anchor, negatives)  # [B, N]
+    neg = (anchor.unsqueeze(1) * negatives).sum(-1)  # [B, N]; elementwise beats a batched [1, D]x[D, N] bmm
     return -F.logsigmoid(pos - neg).mean()
 
 

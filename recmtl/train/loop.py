@@ -38,7 +38,7 @@ from recmtl.runs import (
 from recmtl.tasks import TaskOptions, build_tasks
 from recmtl.train.data import TrainData
 from recmtl.train.row_adam import RowAdam
-from recmtl.train.step import StepPlan, train_step
+from recmtl.train.step import RowWorkspace, StepPlan, train_step
 
 
 class Callbacks(Protocol):
@@ -146,13 +146,16 @@ def fit(
         model.private |= {f"{task.name}.{k}": v for k, v in task.init_private(config.dim, init_gen).items()}
     model = model.to(device)
     private_opt = torch.optim.Adam(list(model.private.values()), lr=config.lr) if model.private else None
+    row_adam = RowAdam.wrap(model.weight, config.lr)
+    model.weight = row_adam.param  # the optimiser owns the storage; the model sees its value view
     plan = StepPlan(
         tasks=tasks,
         aggregator=aggregator,
         mode=config.mode,
         fixed_weights=aggregator.fixed_task_weights(len(tasks)),
         private_optimizer=private_opt,
-        row_adam=RowAdam.like(model.weight, config.lr),
+        row_adam=row_adam,
+        workspace=RowWorkspace(model.weight.shape[0], device),
     )
     agg_state = aggregator.init_state(len(tasks))
     loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
@@ -198,8 +201,8 @@ def fit(
         improved = False
         if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
             result = rank_users(
-                model.user_embeddings(),
-                model.item_embeddings(),
+                model.user_embeddings().contiguous(),
+                model.item_embeddings().contiguous(),
                 valid_pos,
                 valid_excl,
                 config.ks,
@@ -261,7 +264,7 @@ def _check_finite(
 
 def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, private_opt, loop: dict[str, Any]) -> None:
     tensors = dict(model.state_tensors())
-    tensors["adam.m"], tensors["adam.v"] = plan.row_adam.m, plan.row_adam.v
+    tensors["adam.exp_avg"], tensors["adam.exp_avg_sq"] = plan.row_adam.exp_avg, plan.row_adam.exp_avg_sq
     opt_meta: dict[str, Any] = {"row_adam_steps": plan.row_adam.steps}
     if private_opt is not None:
         names = list(model.private)
@@ -282,8 +285,8 @@ def _restore(run_dir: Path, model: MFModel, plan: StepPlan, private_opt) -> tupl
     with torch.no_grad():
         for name, table in model.tables.items():
             table.copy_(tensors[f"table.{name}"].to(device))
-        plan.row_adam.m.copy_(tensors["adam.m"].to(device))
-        plan.row_adam.v.copy_(tensors["adam.v"].to(device))
+        plan.row_adam.exp_avg.copy_(tensors["adam.exp_avg"].to(device))
+        plan.row_adam.exp_avg_sq.copy_(tensors["adam.exp_avg_sq"].to(device))
         for name, param in model.private.items():
             param.copy_(tensors[f"private.{name}"].to(device))
     plan.row_adam.steps = int(meta["optim"]["row_adam_steps"])

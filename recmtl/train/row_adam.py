@@ -1,9 +1,13 @@
 """Adam with sparse row updates for the shared embedding rows (METHODS.md §4, step 4).
 
 Only the rows touched in a step have their moments and values updated (the "lazy" Adam of
-``torch.optim.SparseAdam``); bias correction uses the global step count. Pure tensor ops, no autograd; the
-moments are plain tensors so checkpoints can hold them. Rows are unique, so every update is a gather and a
-copy back (``index_copy_``), which on CPU is several times faster than an accumulating ``index_add_``.
+``torch.optim.SparseAdam``); bias correction uses the global step count.
+
+Layout: the parameter and its two moments are interleaved in one storage ``[N, 3, D]`` (value, exp_avg,
+exp_avg_sq), as in fused-optimizer embedding tables (FBGEMM's table-batched embeddings). A step then reads
+and writes each touched row's 3·D floats in one gather and one scatter instead of six separate passes —
+on large tables the step is bound by these random row accesses. The model's weight is the strided view
+``storage[:, 0]``; rows are unique, so the write-back is a plain ``index_copy_``.
 """
 
 from __future__ import annotations
@@ -16,29 +20,44 @@ from torch import Tensor
 
 @dataclass
 class RowAdam:
-    """First/second moments ``m``, ``v`` [N, D] of a [N, D] parameter, and the step count."""
+    """Parameter + Adam moments of an [N, D] table in one [N, 3, D] storage, and the step count."""
 
     lr: float
-    m: Tensor
-    v: Tensor
+    storage: Tensor  # [N, 3, D]: value, exp_avg, exp_avg_sq
     steps: int = 0
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
 
     @classmethod
-    def like(cls, weight: Tensor, lr: float) -> RowAdam:
-        return cls(lr, torch.zeros_like(weight), torch.zeros_like(weight))
+    def wrap(cls, weight: Tensor, lr: float) -> RowAdam:
+        """Take ownership of ``weight`` [N, D]: copy it into a fresh storage with zero moments."""
+        storage = weight.new_zeros(weight.shape[0], 3, weight.shape[1])
+        storage[:, 0] = weight
+        return cls(lr, storage)
+
+    @property
+    def param(self) -> Tensor:
+        """[N, D] strided view of the parameter values (the model's weight)."""
+        return self.storage[:, 0]
+
+    @property
+    def exp_avg(self) -> Tensor:
+        return self.storage[:, 1]
+
+    @property
+    def exp_avg_sq(self) -> Tensor:
+        return self.storage[:, 2]
 
     @torch.no_grad()
-    def step(self, weight: Tensor, rows: Tensor, grad: Tensor) -> None:
-        """Update ``weight[rows]`` in place with ``grad`` [R, D]; ``rows`` [R] must be unique."""
+    def step(self, rows: Tensor, grad: Tensor) -> None:
+        """Apply one Adam step to the unique ``rows`` [R] with gradient ``grad`` [R, D]."""
         self.steps += 1
         t = self.steps
-        m = self.m.index_select(0, rows).mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
-        v = self.v.index_select(0, rows).mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        self.m.index_copy_(0, rows, m)
-        self.v.index_copy_(0, rows, v)
-        denom = v.div_(1 - self.beta2**t).sqrt_().add_(self.eps)
-        delta = m.div_(denom).mul_(self.lr / (1 - self.beta1**t))
-        weight.index_copy_(0, rows, weight.index_select(0, rows).sub_(delta))
+        block = self.storage.index_select(0, rows)  # [R, 3, D]
+        value, m, v = block.unbind(1)
+        m.mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
+        v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        denom = (v / (1 - self.beta2**t)).sqrt_().add_(self.eps)
+        value.addcdiv_(m, denom, value=-self.lr / (1 - self.beta1**t))
+        self.storage.index_copy_(0, rows, block)

@@ -3,14 +3,21 @@
 1. every task samples its batch and names the user / item rows it touches;
 2. each task's rows are gathered from the shared storage as one leaf, the losses computed and summed, and a
    single backward gives every task's gradient on its own rows (plus the private parameters' gradients);
-3. the touched rows are de-duplicated (``torch.unique``) and each task's gradients scatter-added into
-   ``G[R, T, D]`` with the presence mask ``P[R, T]`` — duplicates summed *before* aggregation;
-4. the aggregator maps (G, P) to the update [R, D] — per row, or globally with all rows flattened;
+3. the touched rows are de-duplicated and each task's gradients summed per (row, task) — duplicates summed
+   *before* aggregation — with the presence mask ``P[R, T]``;
+4. the aggregator maps (G[R, T, D], P) to the update [R, D] — per row, or globally with all rows flattened;
 5. row-sparse Adam on the shared rows, dense Adam on the task-private parameters.
 
-Aggregators with fixed weights (``ew``, ``single``) skip the per-task tensor: their weighted losses are summed
-and the gradients scattered straight into [R, D]; tasks with a fixed weight of 0 are never sampled. The step
-never branches on a method's name.
+Three execution paths, chosen from what the aggregator declares (never from its name), all computing the
+same update:
+
+* fixed weights (``ew``, ``single``): the weighted losses are summed and the gradients scattered straight
+  into [R, D] (tasks with weight 0 are never sampled) — the cost of an ordinary summed backward;
+* norm-based weights (``WeightedAggregator`` with ``needs`` "none" or "norms", e.g. ``pmtrec``): the step
+  stays on the compact (row, task) *slots* actually present (on real data most rows carry one or two of the
+  T tasks, so dense G would be mostly zeros): per-slot sums give the norms, the aggregator's pure
+  ``coefficients`` give c [R, T], and one scaled scatter of the gathered gradients gives Σ_t c_t G_t;
+* anything else: the dense G [R, T, D] is built and the aggregator called on it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from recmtl.aggregators.base import Aggregator, StepInfo
+from recmtl.aggregators._math import compute_dtype
+from recmtl.aggregators.base import Aggregator, GradStats, StepInfo, WeightedAggregator
 from recmtl.model.mf import MFModel
 from recmtl.tasks.base import Task
 from recmtl.train.row_adam import RowAdam
+
+
+class RowWorkspace:
+    """Reusable buffers for de-duplicating row ids over a table of ``n_rows`` rows.
+
+    ``unique(ids)`` marks the ids in a persistent bool map, reads the marked rows back in order
+    (``nonzero``: sorted and unique) and maps each id to its position — O(N + n) cheap passes instead of
+    the sort behind ``torch.unique``; the map is cleared again before returning.
+    """
+
+    def __init__(self, n_rows: int, device: torch.device) -> None:
+        self.mark = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        self.position = torch.zeros(n_rows, dtype=torch.long, device=device)
+
+    def unique(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Sorted unique ``rows`` [R] of ``ids`` [n] and ``inverse`` [n] with rows[inverse] == ids."""
+        self.mark[ids] = True
+        rows = self.mark.nonzero().squeeze(1)
+        self.mark[rows] = False
+        self.position[rows] = torch.arange(rows.numel(), device=ids.device)
+        return rows, self.position[ids]
 
 
 @dataclass
@@ -37,6 +66,7 @@ class StepPlan:
     fixed_weights: Tensor | None  # [T] for fixed-weight aggregators (their zero-weight tasks are skipped)
     private_optimizer: torch.optim.Optimizer | None
     row_adam: RowAdam
+    workspace: RowWorkspace
 
     @property
     def n_tasks(self) -> int:
@@ -102,50 +132,121 @@ def train_step(
 
     # 3-5. unique rows, per-task gradients, aggregation, row update
     with torch.no_grad():
-        rows, grads, present = scatter_rows(gathered, n_tasks, summed=plan.fixed_weights is not None)
-        weight_count = present.sum(0).to(torch.float32)
+        sc = scatter_rows(gathered, n_tasks, plan.workspace)
         extras: dict[str, Tensor] = {}
         if plan.fixed_weights is not None:
-            update = grads
-            weight_sum = weight_count * plan.fixed_weights.to(device)
+            update, logged = sc.summed(), plan.fixed_weights.to(device).unsqueeze(0)
+        elif uses_slots(plan.aggregator):
+            update, state, logged, _ = aggregate_slots(plan.aggregator, plan.mode, sc, info, state)
         else:
-            update, state, weight_sum, extras = aggregate(plan, grads, present, info, state)
-        plan.row_adam.step(model.weight, rows, update)
+            update, state, logged, extras = aggregate(plan, sc.dense(n_tasks), sc.present, info, state)
+        weight_count = sc.present.sum(0).to(torch.float32)
+        weight_sum = torch.zeros(n_tasks, device=device)
+        if logged is not None:
+            weight_sum = (logged.expand(sc.present.shape) * sc.present).sum(0).to(torch.float32)
+        plan.row_adam.step(sc.rows, update)
     if plan.private_optimizer is not None:
         plan.private_optimizer.step()
     return StepOutput(losses, weight_sum, weight_count, state, extras)
 
 
-def scatter_rows(
-    gathered: list[tuple[int, Tensor, Tensor]], n_tasks: int, *, summed: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """De-duplicate the gathered rows and sum their gradients per (row, task).
+@dataclass
+class Scattered:
+    """The gathered gradients of one step, de-duplicated.
 
-    Returns unique row ids [R], gradients (G [R, T, D], or [R, D] summed over tasks when ``summed``) and the
-    presence mask P [R, T].
+    rows [R] unique row ids (sorted); inverse [n] position in ``rows`` of every gathered entry; task [n] its
+    task; grads [n, D] its gradient; slots [S] the present (row, task) pairs as ``position * T + task``
+    (sorted); slot_of [n] each entry's index into ``slots``; present [R, T].
     """
+
+    rows: Tensor
+    inverse: Tensor
+    task: Tensor
+    grads: Tensor
+    slots: Tensor
+    slot_of: Tensor
+    present: Tensor
+
+    def summed(self) -> Tensor:
+        """Σ_t G[r, t]: [R, D]."""
+        return self.grads.new_zeros(self.rows.numel(), self.grads.shape[1]).index_add_(
+            0, self.inverse, self.grads
+        )
+
+    def per_slot(self) -> Tensor:
+        """G at the present slots: [S, D]."""
+        return self.grads.new_zeros(self.slots.numel(), self.grads.shape[1]).index_add_(
+            0, self.slot_of, self.grads
+        )
+
+    def dense(self, n_tasks: int) -> Tensor:
+        """G [R, T, D], zeros at absent (row, task) pairs."""
+        dim = self.grads.shape[1]
+        g = self.grads.new_zeros(self.rows.numel() * n_tasks, dim)
+        g.index_copy_(0, self.slots, self.per_slot())
+        return g.view(self.rows.numel(), n_tasks, dim)
+
+
+def scatter_rows(
+    gathered: list[tuple[int, Tensor, Tensor]], n_tasks: int, workspace: RowWorkspace
+) -> Scattered:
+    """De-duplicate the rows of ``gathered`` (task index, global row ids [n_t], leaf with .grad [n_t, D])."""
     ids = torch.cat([ids for _, ids, _ in gathered])
     grads = torch.cat([leaf.grad for _, _, leaf in gathered])
     task = torch.cat([torch.full_like(ids, t) for t, ids, _ in gathered])
-    rows, inverse = torch.unique(ids, return_inverse=True)
-    n_rows, dim = rows.numel(), grads.shape[1]
-    slot = inverse * n_tasks + task
-    present = torch.zeros(n_rows * n_tasks, dtype=torch.bool, device=ids.device)
-    present[slot] = True
-    present = present.view(n_rows, n_tasks)
-    if summed:
-        return rows, grads.new_zeros(n_rows, dim).index_add_(0, inverse, grads), present
-    g = grads.new_zeros(n_rows * n_tasks, dim).index_add_(0, slot, grads)
-    return rows, g.view(n_rows, n_tasks, dim), present
+    rows, inverse = workspace.unique(ids)
+    key = inverse * n_tasks + task
+    mark = torch.zeros(rows.numel() * n_tasks, dtype=torch.bool, device=ids.device)
+    mark[key] = True
+    slots = mark.nonzero().squeeze(1)
+    position = torch.empty(mark.numel(), dtype=torch.long, device=ids.device)
+    position[slots] = torch.arange(slots.numel(), device=ids.device)
+    return Scattered(rows, inverse, task, grads, slots, position[key], mark.view(rows.numel(), n_tasks))
+
+
+def uses_slots(aggregator: Aggregator) -> bool:
+    """Whether the aggregator's coefficients need at most the per-task norms (the compact slot path)."""
+    return isinstance(aggregator, WeightedAggregator) and aggregator.needs in ("none", "norms")
+
+
+def aggregate_slots(
+    aggregator: WeightedAggregator, mode: str, sc: Scattered, info: StepInfo, state: Any
+) -> tuple[Tensor, Any, Tensor, Tensor]:
+    """Norm-based aggregation on the present slots; returns the update [R, D], the new state, the logged
+    weights [R or 1, T] and the coefficients c [R or 1, T]."""
+    n_rows, n_tasks = sc.present.shape
+    dtype = compute_dtype(sc.grads.dtype)
+    stats = GradStats(dtype=dtype)
+    present = sc.present if mode == "row" else sc.present.any(0, keepdim=True)
+    if aggregator.needs == "norms":
+        slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)  # [S]
+        if mode == "row":
+            norms = (
+                slot_norms.new_zeros(n_rows * n_tasks)
+                .index_copy_(0, sc.slots, slot_norms)
+                .view(n_rows, n_tasks)
+            )
+        else:  # the norm of a task's flattened gradient over all its rows
+            squares = slot_norms.new_zeros(n_tasks).index_add_(0, sc.slots % n_tasks, slot_norms.square())
+            norms = squares.sqrt().unsqueeze(0)
+        stats = GradStats(dtype=dtype, norms=norms)
+    out = aggregator.coefficients(stats, present, state, info)
+    finfo = torch.finfo(sc.grads.dtype)
+    c = out.weights.clamp(min=finfo.min, max=finfo.max).to(sc.grads.dtype)
+    per_entry = c.reshape(-1)[sc.inverse * n_tasks + sc.task] if mode == "row" else c[0, sc.task]
+    update = sc.grads.new_zeros(n_rows, sc.grads.shape[1]).index_add_(
+        0, sc.inverse, sc.grads * per_entry[:, None]
+    )
+    return update, out.state, out.extras.get("task_weights", out.weights), out.weights
 
 
 def aggregate(
     plan: StepPlan, grads: Tensor, present: Tensor, info: StepInfo, state: Any
-) -> tuple[Tensor, Any, Tensor, dict[str, Tensor]]:
-    """Run the aggregator on G [R, T, D] per row, or once on all rows flattened (global mode).
+) -> tuple[Tensor, Any, Tensor | None, dict[str, Tensor]]:
+    """Call the aggregator on G [R, T, D] per row, or once on all rows flattened (global mode).
 
-    Returns the update [R, D], the new state, the per-task sum of logged weights [T] over present rows
-    (PMTRec's softmax weights when the method reports them, else its coefficients) and the extras.
+    Returns the update [R, D], the new state, the weights to log ([R or 1, T]: the method's reported task
+    weights, else its coefficients, else None) and the extras.
     """
     n_rows, n_tasks, dim = grads.shape
     if plan.mode == "global":
@@ -155,9 +256,4 @@ def aggregate(
     else:
         out = plan.aggregator(grads, present, state, info)
         update = out.update
-    logged = out.extras.get("task_weights", out.weights)
-    if logged is None:
-        weight_sum = torch.zeros(n_tasks, device=grads.device)
-    else:
-        weight_sum = (logged.expand(n_rows, n_tasks) * present).sum(0).to(torch.float32)
-    return update, out.state, weight_sum, out.extras
+    return update, out.state, out.extras.get("task_weights", out.weights), out.extras

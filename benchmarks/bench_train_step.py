@@ -1,0 +1,164 @@
+"""Training-step cost on Ciao (``--aux social,category``): recmtl's PMTRec step against
+
+* recmtl's ``ew`` step with one summed backward (no per-task gradients) — target: PMTRec <= 1.2x;
+* a dense per-task-backward reference, the way general multi-task libraries (LibMTL-style) train embedding
+  models: every task back-propagated into the full user/item tables (``torch.autograd.grad`` per task),
+  the dense gradients flattened into a [T, P] Jacobian, combined with PMTRec's weights computed on the
+  flattened gradients, and a dense ``torch.optim.Adam`` step — target: recmtl PMTRec >= 15x faster.
+
+All three sample the same tasks with the same batch sizes; timings are medians over interleaved rounds
+measured in one run. Usage: python benchmarks/bench_train_step.py [--data DIR] [--steps N] [--rounds R]
+(without --data, Ciao is prepared from ../shared/data/ciao into a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _machine import append_results, print_machine  # noqa: E402
+
+from recmtl.aggregators import make_aggregator  # noqa: E402
+from recmtl.aggregators.base import StepInfo  # noqa: E402
+from recmtl.data.pipeline import prepare  # noqa: E402
+from recmtl.data.recipes import load_recipe  # noqa: E402
+from recmtl.data.store import open_dataset  # noqa: E402
+from recmtl.model.mf import MFModel  # noqa: E402
+from recmtl.tasks import TaskOptions, build_tasks  # noqa: E402
+from recmtl.train.data import TrainData  # noqa: E402
+from recmtl.train.row_adam import RowAdam  # noqa: E402
+from recmtl.train.step import RowWorkspace, StepPlan, train_step  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
+    tasks = build_tasks(aux, data, TaskOptions(batch_size=batch))
+    model = MFModel.create(data.n_users, data.n_items, 64, "normal", 0.1, 0)
+    gen = torch.Generator().manual_seed(0)
+    for t in tasks:
+        model.private |= {f"{t.name}.{k}": v for k, v in t.init_private(64, gen).items()}
+    model = model.to(torch.device("cpu"))
+    agg = make_aggregator(method)
+    private_opt = torch.optim.Adam(list(model.private.values()), lr=1e-3)
+    row_adam = RowAdam.wrap(model.weight, 1e-3)
+    model.weight = row_adam.param
+    workspace = RowWorkspace(model.weight.shape[0], model.weight.device)
+    plan = StepPlan(tasks, agg, "row", agg.fixed_task_weights(len(tasks)), private_opt, row_adam, workspace)
+    sampler = torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        idx = torch.randint(len(data.train), (batch,), generator=sampler)
+        train_step(model, plan, data.train.a[idx], data.train.b[idx], sampler, StepInfo(epoch=3), None)
+
+    return step
+
+
+def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int):
+    """Per-task backward into the full tables, flatten, PMTRec weights on the flattened gradients, dense Adam."""
+    tasks = build_tasks(aux, data, TaskOptions(batch_size=batch))
+    init = MFModel.create(data.n_users, data.n_items, 64, "normal", 0.1, 0)
+    users = torch.nn.Parameter(init.user_embeddings().clone())
+    items = torch.nn.Parameter(init.item_embeddings().clone())
+    gen = torch.Generator().manual_seed(0)
+    private = {t.name: {k: torch.nn.Parameter(v) for k, v in t.init_private(64, gen).items()} for t in tasks}
+    shared = [users, items]
+    params = shared + [p for d in private.values() for p in d.values()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    pmtrec = make_aggregator("pmtrec")
+    sampler = torch.Generator().manual_seed(1)
+    tables = {"user": users, "item": items}
+
+    def step() -> None:
+        idx = torch.randint(len(data.train), (batch,), generator=sampler)
+        rec_u, rec_i = data.train.a[idx], data.train.b[idx]
+        losses = []
+        for task in tasks:
+            b = task.sample(sampler, rec_u, rec_i)
+            rows = {name: tables[name][ids] for name, ids in b.ids.items()}
+            losses.append(task.loss(rows, b, private[task.name]))
+        jac = []
+        opt.zero_grad(set_to_none=True)
+        for t, loss in enumerate(losses):
+            grads = torch.autograd.grad(
+                loss, shared, retain_graph=True, allow_unused=True, materialize_grads=True
+            )
+            jac.append(torch.cat([g.reshape(-1) for g in grads]))  # dense: every row of both tables
+            own = list(private[tasks[t].name].values())
+            if own:
+                for p, g in zip(
+                    own, torch.autograd.grad(loss, own, retain_graph=t < len(losses) - 1), strict=True
+                ):
+                    p.grad = g
+        jac_t = torch.stack(jac).unsqueeze(0)  # [1, T, P]
+        out = pmtrec(jac_t, torch.ones(1, len(tasks), dtype=torch.bool), None, StepInfo(epoch=3))
+        flat = out.update[0]
+        users.grad = flat[: users.numel()].view_as(users)
+        items.grad = flat[users.numel() :].view_as(items)
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="prepared Ciao directory (default: prepare it now)")
+    parser.add_argument("--aux", default="social,category")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    args = parser.parse_args()
+    info = print_machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = args.data
+        if data_dir is None:
+            recipe = load_recipe(ROOT / "datasets" / "ciao.toml")
+            data_dir = Path(tmp) / "ciao"
+            prepare(recipe.config({"raw": ROOT.parent / "shared" / "data" / "ciao"}), data_dir)
+        data = TrainData.load(open_dataset(data_dir), torch.device("cpu"))
+    aux = tuple(a for a in args.aux.split(",") if a)
+    steps = {
+        "pmtrec": recmtl_step(data, aux, "pmtrec", args.batch_size),
+        "ew": recmtl_step(data, aux, "ew", args.batch_size),
+        "dense_reference": dense_reference_step(data, aux, args.batch_size),
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for fn in steps.values():
+        fn()  # warm-up
+    for _ in range(args.rounds):
+        for name, fn in steps.items():
+            n = max(1, args.steps // 10) if name == "dense_reference" else args.steps
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - start) * 1000 / n)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"data {data_dir.name}: users {data.n_users} items {data.n_items} · aux {args.aux} · batch {args.batch_size}"
+    )
+    for name, value in med.items():
+        print(f"  {name:<16} {value:9.2f} ms/step   (rounds: {', '.join(f'{x:.1f}' for x in times[name])})")
+    ratio_ew = med["pmtrec"] / med["ew"]
+    speedup = med["dense_reference"] / med["pmtrec"]
+    print(f"PMTRec step / EW summed-backward step: {ratio_ew:.3f}x   (target <= 1.2x)")
+    print(f"dense per-task reference / PMTRec step: {speedup:.1f}x faster   (target >= 15x)")
+    append_results(
+        "train_step",
+        [
+            {"data": data_dir.name, "aux": args.aux, "batch": args.batch_size}
+            | {f"{k}_ms": f"{v:.3f}" for k, v in med.items()}
+            | {"pmtrec_over_ew": f"{ratio_ew:.4f}", "dense_over_pmtrec": f"{speedup:.2f}"}
+        ],
+    )
+    del info
+
+
+if __name__ == "__main__":
+    main()
