@@ -23,7 +23,7 @@ Opt = typer.Option
 def epoch_summary(record: dict[str, Any], metric: str) -> str:
     """One line per epoch: losses per task, the validation metric (* = new best), wall time."""
     parts = [f"epoch {record['epoch']:>3}"]
-    parts += [f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("loss_")]
+    parts += [f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("loss_") and v == v]
     if f"valid_{metric}" in record:
         parts.append(f"valid {metric} {record[f'valid_{metric}']:.4f}{' *' if record['best'] else ''}")
     parts.append(f"{record['wall_s']:.1f}s")

@@ -34,7 +34,7 @@ class TaskOptions:
     batch_size: int = 2048  # auxiliary batch size (the rec batch comes from the epoch's shuffle)
     negatives: int = 1
     init_std: float = 0.1
-    negative_rounds: int = 1  # rejection rounds for negatives that hit a known positive
+    negative_rounds: int = 3  # rejection rounds for negatives that hit a known positive
 
 
 class Task(ABC):

@@ -102,13 +102,17 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
 
 
 def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
+    def shown(value: Any) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
     for key in sorted(set(saved) | set(new)):
         if key in ("device",):
             continue
         if saved.get(key) != new.get(key):
+            flag = "--" + key.replace("_", "-")
             raise RecmtlError(
-                f"--resume {run_dir}: option {key} is {new.get(key)!r} but the run was started with "
-                f"{saved.get(key)!r} (start a new run to change it)"
+                f"--resume {run_dir}: option {flag} is {shown(new.get(key))} but the run was started with "
+                f"{shown(saved.get(key))} (start a new run to change it)"
             )
 
 
@@ -159,8 +163,10 @@ def fit(
     )
     agg_state = aggregator.init_state(len(tasks))
     loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
-    if resume:
+    if resume and (run_dir / LAST).is_file():
         model, loop = _restore(run_dir, model, plan, private_opt)
+    elif resume:  # interrupted before its first epoch finished: nothing to restore, start over
+        pass
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, meta)
@@ -171,6 +177,7 @@ def fit(
     n_train = len(data.train)
     n_steps = math.ceil(n_train / config.batch_size)
     stopped_early = False
+    active = set(plan.active_tasks())
     for epoch in range(loop["epoch"] + 1, config.epochs):
         start = time.perf_counter()
         generator.manual_seed(epoch_seed(config.seed, epoch))
@@ -195,7 +202,8 @@ def fit(
 
         record: dict[str, Any] = {"epoch": epoch}
         for t, name in enumerate(task_names):
-            record[f"loss_{name}"] = float(loss_sum[t]) / n_steps
+            # tasks a fixed-weight method never trains (``single``'s auxiliaries) have no loss to report
+            record[f"loss_{name}"] = float(loss_sum[t]) / n_steps if t in active else float("nan")
             count = float(weight_count[t])
             record[f"weight_{name}"] = float(weight_sum[t]) / count if count else float("nan")
         improved = False
