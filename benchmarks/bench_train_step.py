@@ -7,7 +7,8 @@
   flattened gradients, and a dense ``torch.optim.Adam`` step — target: recmtl PMTRec >= 15x faster.
 
 All three sample the same tasks with the same batch sizes; timings are medians over interleaved rounds
-measured in one run. Usage: python benchmarks/bench_train_step.py [--data DIR] [--steps N] [--rounds R]
+measured in one run. Usage: python benchmarks/bench_train_step.py [--data DIR] [--batch-sizes 512,2048]
+[--steps N] [--rounds R]
 (without --data, Ciao is prepared from ../shared/data/ciao into a temporary directory).
 """
 
@@ -51,7 +52,8 @@ def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
     row_adam = RowAdam.wrap(model.weight, 1e-3)
     model.weight = row_adam.param
     workspace = RowWorkspace(model.weight.shape[0], model.weight.device)
-    plan = StepPlan(tasks, agg, "row", agg.fixed_task_weights(len(tasks)), private_opt, row_adam, workspace)
+    fixed = agg.fixed_task_weights(len(tasks))
+    plan = StepPlan(tasks, agg, "row", fixed, private_opt, row_adam, workspace)
     sampler = torch.Generator().manual_seed(1)
 
     def step() -> None:
@@ -62,7 +64,7 @@ def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
 
 
 def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int):
-    """Per-task backward into the full tables, flatten, PMTRec weights on the flattened gradients, dense Adam."""
+    """Per-task backward into the full tables, flatten, PMTRec weights on the flat gradients, dense Adam."""
     tasks = build_tasks(aux, data, TaskOptions(batch_size=batch))
     init = MFModel.create(data.n_users, data.n_items, 64, "normal", 0.1, 0)
     users = torch.nn.Parameter(init.user_embeddings().clone())
@@ -111,11 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="prepared Ciao directory (default: prepare it now)")
     parser.add_argument("--aux", default="social,category")
-    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--batch-sizes", default="2048", help="comma-separated; one measurement each")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
     args = parser.parse_args()
-    info = print_machine()
+    print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data
         if data_dir is None:
@@ -124,40 +126,45 @@ def main() -> None:
             prepare(recipe.config({"raw": ROOT.parent / "shared" / "data" / "ciao"}), data_dir)
         data = TrainData.load(open_dataset(data_dir), torch.device("cpu"))
     aux = tuple(a for a in args.aux.split(",") if a)
+    print(f"data {data_dir.name}: users {data.n_users} items {data.n_items} · aux {args.aux}")
+    rows = []
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        med, times = measure(data, aux, batch, args.steps, args.rounds)
+        print(f"batch {batch}:")
+        for name, value in med.items():
+            print(
+                f"  {name:<16} {value:9.2f} ms/step   (rounds: {', '.join(f'{x:.1f}' for x in times[name])})"
+            )
+        ratio_ew = med["pmtrec"] / med["ew"]
+        speedup = med["dense_reference"] / med["pmtrec"]
+        print(f"  PMTRec step / EW summed-backward step: {ratio_ew:.3f}x   (target <= 1.2x)")
+        print(f"  dense per-task reference / PMTRec step: {speedup:.1f}x faster   (target >= 15x)")
+        rows.append(
+            {"data": data_dir.name, "aux": args.aux, "batch": batch}
+            | {f"{k}_ms": f"{v:.3f}" for k, v in med.items()}
+            | {"pmtrec_over_ew": f"{ratio_ew:.4f}", "dense_over_pmtrec": f"{speedup:.2f}"}
+        )
+    print(f"appended to {append_results('train_step', rows)}")
+
+
+def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rounds: int):
+    """Median ms/step of the three steps over ``rounds`` interleaved rounds (fewer dense steps)."""
     steps = {
-        "pmtrec": recmtl_step(data, aux, "pmtrec", args.batch_size),
-        "ew": recmtl_step(data, aux, "ew", args.batch_size),
-        "dense_reference": dense_reference_step(data, aux, args.batch_size),
+        "pmtrec": recmtl_step(data, aux, "pmtrec", batch),
+        "ew": recmtl_step(data, aux, "ew", batch),
+        "dense_reference": dense_reference_step(data, aux, batch),
     }
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn in steps.values():
         fn()  # warm-up
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, fn in steps.items():
-            n = max(1, args.steps // 10) if name == "dense_reference" else args.steps
+            n = max(1, n_steps // 10) if name == "dense_reference" else n_steps
             start = time.perf_counter()
             for _ in range(n):
                 fn()
             times[name].append((time.perf_counter() - start) * 1000 / n)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(
-        f"data {data_dir.name}: users {data.n_users} items {data.n_items} · aux {args.aux} · batch {args.batch_size}"
-    )
-    for name, value in med.items():
-        print(f"  {name:<16} {value:9.2f} ms/step   (rounds: {', '.join(f'{x:.1f}' for x in times[name])})")
-    ratio_ew = med["pmtrec"] / med["ew"]
-    speedup = med["dense_reference"] / med["pmtrec"]
-    print(f"PMTRec step / EW summed-backward step: {ratio_ew:.3f}x   (target <= 1.2x)")
-    print(f"dense per-task reference / PMTRec step: {speedup:.1f}x faster   (target >= 15x)")
-    append_results(
-        "train_step",
-        [
-            {"data": data_dir.name, "aux": args.aux, "batch": args.batch_size}
-            | {f"{k}_ms": f"{v:.3f}" for k, v in med.items()}
-            | {"pmtrec_over_ew": f"{ratio_ew:.4f}", "dense_over_pmtrec": f"{speedup:.2f}"}
-        ],
-    )
-    del info
+    return {k: statistics.median(v) for k, v in times.items()}, times
 
 
 if __name__ == "__main__":

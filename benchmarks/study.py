@@ -82,10 +82,11 @@ def markdown_table(results: dict[str, list[dict[str, float]]], config: TrainConf
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     aux = ",".join(config.aux) or "none"
     lines.append("")
+    seeds = len(next(iter(results.values())))
     lines.append(
-        f"mean ± std over {len(next(iter(results.values())))} seeds; aux {aux}; lr {config.lr}; dim {config.dim}; "
-        f"batch {config.batch_size}; epochs ≤ {config.epochs}, early stopping on valid {config.select_metric} "
-        f"(patience {config.patience})."
+        f"mean ± std over {seeds} seeds; aux {aux}; lr {config.lr}; dim {config.dim}; "
+        f"batch {config.batch_size}; epochs ≤ {config.epochs}, early stopping on valid "
+        f"{config.select_metric} (patience {config.patience})."
     )
     return "\n".join(lines)
 
