@@ -53,7 +53,8 @@ def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
     model.weight = row_adam.param
     workspace = RowWorkspace(model.weight.shape[0], model.weight.device)
     fixed = agg.fixed_task_weights(len(tasks))
-    plan = StepPlan(tasks, agg, "row", fixed, private_opt, row_adam, workspace)
+    groups = torch.zeros(model.weight.shape[0], dtype=torch.long)
+    plan = StepPlan(tasks, agg, "row", fixed, private_opt, row_adam, workspace, groups)
     sampler = torch.Generator().manual_seed(1)
 
     def step() -> None:

@@ -82,6 +82,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: Row groups for logging the mean aggregation weights: item rows, then users by training activity
+#: (terciles of the per-user training interaction count: cold <= q1/3 < mid <= q2/3 < heavy).
+ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
+
+
+def row_groups(data: TrainData, device: torch.device) -> torch.Tensor:
+    """[n_users + n_items] group id (index into ROW_GROUPS) of every embedding row."""
+    activity = torch.bincount(data.train.a, minlength=data.n_users).to(torch.float64)
+    q1, q2 = torch.quantile(
+        activity, torch.tensor([1 / 3, 2 / 3], dtype=torch.float64, device=activity.device)
+    )
+    users = 1 + (activity > q1).long() + (activity > q2).long()
+    items = torch.zeros(data.n_items, dtype=torch.long, device=users.device)
+    return torch.cat([users, items]).to(device)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
@@ -160,6 +176,8 @@ def fit(
         private_optimizer=private_opt,
         row_adam=row_adam,
         workspace=RowWorkspace(model.weight.shape[0], device),
+        row_groups=row_groups(data, device),
+        n_groups=len(ROW_GROUPS),
     )
     agg_state = aggregator.init_state(len(tasks))
     loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
@@ -184,8 +202,8 @@ def fit(
         callbacks.on_epoch_start(epoch, n_steps)
         order = torch.randperm(n_train, generator=generator, device=device)
         loss_sum = torch.zeros(len(tasks), device=device)
-        weight_sum = torch.zeros(len(tasks), device=device)
-        weight_count = torch.zeros(len(tasks), device=device)
+        weight_sum = torch.zeros(len(ROW_GROUPS), len(tasks), device=device)
+        weight_count = torch.zeros(len(ROW_GROUPS), len(tasks), device=device)
         first_bad = torch.full((len(tasks),), -1, dtype=torch.long, device=device)
         for step in range(n_steps):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -204,8 +222,14 @@ def fit(
         for t, name in enumerate(task_names):
             # tasks a fixed-weight method never trains (``single``'s auxiliaries) have no loss to report
             record[f"loss_{name}"] = float(loss_sum[t]) / n_steps if t in active else float("nan")
-            count = float(weight_count[t])
-            record[f"weight_{name}"] = float(weight_sum[t]) / count if count else float("nan")
+            count = float(weight_count[:, t].sum())
+            record[f"weight_{name}"] = float(weight_sum[:, t].sum()) / count if count else float("nan")
+            for g, group in enumerate(ROW_GROUPS):
+                if group != "items":
+                    count = float(weight_count[g, t])
+                    record[f"weight_{name}@{group}"] = (
+                        float(weight_sum[g, t]) / count if count else float("nan")
+                    )
         improved = False
         if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
             result = rank_users(

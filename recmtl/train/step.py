@@ -67,6 +67,8 @@ class StepPlan:
     private_optimizer: torch.optim.Optimizer | None
     row_adam: RowAdam
     workspace: RowWorkspace
+    row_groups: Tensor  # [N] group id of every storage row (e.g. user-activity buckets) for weight logging
+    n_groups: int = 1
 
     @property
     def n_tasks(self) -> int:
@@ -82,8 +84,8 @@ class StepPlan:
 @dataclass
 class StepOutput:
     losses: Tensor  # [T] detached task losses (0 for skipped tasks)
-    weight_sum: Tensor  # [T] sum over touched rows of each task's aggregation weight
-    weight_count: Tensor  # [T] number of touched rows where the task was present
+    weight_sum: Tensor  # [G, T] per row group: sum over touched rows of each task's logged weight
+    weight_count: Tensor  # [G, T] per row group: number of touched rows where the task was present
     state: Any = None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
@@ -140,10 +142,13 @@ def train_step(
             update, state, logged, _ = aggregate_slots(plan.aggregator, plan.mode, sc, info, state)
         else:
             update, state, logged, extras = aggregate(plan, sc.dense(n_tasks), sc.present, info, state)
-        weight_count = sc.present.sum(0).to(torch.float32)
-        weight_sum = torch.zeros(n_tasks, device=device)
+        group = plan.row_groups.index_select(0, sc.rows)  # [R]
+        n_groups = plan.n_groups
+        present = sc.present.to(torch.float32)
+        weight_count = present.new_zeros(n_groups, n_tasks).index_add_(0, group, present)
+        weight_sum = present.new_zeros(n_groups, n_tasks)
         if logged is not None:
-            weight_sum = (logged.expand(sc.present.shape) * sc.present).sum(0).to(torch.float32)
+            weight_sum.index_add_(0, group, logged.expand(sc.present.shape).to(torch.float32) * present)
         plan.row_adam.step(sc.rows, update)
     if plan.private_optimizer is not None:
         plan.private_optimizer.step()

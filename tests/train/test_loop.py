@@ -205,9 +205,8 @@ def test_metrics_parquet_pmtrec_columns_and_weights(tiny_data, tmp_path):
     assert (frame["wall_s"] >= 0).all()
     assert frame["best"].dtype == pl.Boolean
     assert frame["best"][0]  # the first evaluation is always a new best
-    assert frame.drop("wall_s").to_dicts() == [
-        {k: v for k, v in r.items() if k != "wall_s"} for r in result.history
-    ]
+    # NaN-aware: a user-activity group a task never touched has no mean weight
+    assert frame.drop("wall_s").equals(pl.DataFrame(result.history).drop("wall_s"))
 
 
 def test_pmtrec_focusing_shows_in_the_logged_main_weight(tiny_data, tmp_path):
@@ -513,3 +512,23 @@ def test_evaluate_refuses_missing_checkpoint_and_non_run_dirs(trained_run, tmp_p
         evaluate_run(tmp_path)
     with pytest.raises(RecmtlError, match="not found"):
         evaluate_run(tmp_path / "nowhere")
+
+
+def test_weights_are_logged_per_user_activity_group(tiny_data, tmp_path):
+    from recmtl.data.store import open_dataset
+    from recmtl.train.data import TrainData
+    from recmtl.train.loop import row_groups
+
+    data = TrainData.load(open_dataset(tiny_data), torch.device("cpu"))
+    groups = row_groups(data, torch.device("cpu"))
+    activity = torch.bincount(data.train.a, minlength=data.n_users)
+    user_groups = groups[: data.n_users]
+    assert set(groups[data.n_users :].tolist()) == {0}  # item rows
+    assert set(user_groups.tolist()) <= {1, 2, 3}
+    # groups are ordered by activity: every cold user is at most as active as every heavy user
+    assert activity[user_groups == 1].max() <= activity[user_groups == 3].min()
+    result = fit(quick_config(tiny_data, aux=("social",), epochs=1), tmp_path / "r")
+    record = result.history[0]
+    for group in ("cold_users", "mid_users", "heavy_users"):
+        assert 0 < record[f"weight_rec@{group}"] <= 1
+    assert "weight_rec@items" not in record

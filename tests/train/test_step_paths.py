@@ -71,7 +71,9 @@ def test_slot_path_equals_dense_aggregator_call(name, params, mode):
     sc = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")))
     info = StepInfo(epoch=4)
     slot_update, _, _, _ = step_mod.aggregate_slots(agg, mode, sc, info, None)
-    plan = step_mod.StepPlan([None] * 3, agg, mode, None, None, None, None)  # only aggregator/mode are read
+    plan = step_mod.StepPlan(
+        [None] * 3, agg, mode, None, None, None, None, None
+    )  # only aggregator, mode read
     dense_update, _, _, _ = step_mod.aggregate(plan, sc.dense(3), sc.present, info, None)
     torch.testing.assert_close(slot_update, dense_update, rtol=1e-5, atol=1e-6)
 

@@ -300,7 +300,8 @@ def make_plan(method: str, aux: tuple[str, ...], *, per_task: bool = False, lr: 
     model.weight = row_adam.param
     fixed = None if per_task else aggregator.fixed_task_weights(len(tasks))
     workspace = RowWorkspace(model.weight.shape[0], model.weight.device)
-    plan = StepPlan(tasks, aggregator, "row", fixed, private_opt, row_adam, workspace)
+    groups = torch.zeros(model.weight.shape[0], dtype=torch.long)
+    plan = StepPlan(tasks, aggregator, "row", fixed, private_opt, row_adam, workspace, groups)
     return model, plan
 
 
