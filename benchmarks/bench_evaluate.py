@@ -6,21 +6,16 @@ masking, hit lookup and metrics on top of the unavoidable ``[chunk, I]`` matmul 
 Target: ratio <= 2 on a 2-core CPU.
 
     .venv/bin/python benchmarks/bench_evaluate.py [--repeats 5] [--users-chunk N] [--device cpu]
-        [--csv benchmarks/results/evaluate.csv]
 
 Runs are interleaved (bare, full, bare, full, ...) after one warm-up each, so that load from other
 processes hits both alike. Prints medians, the ratio of medians and of minima, device, torch version,
-thread count, CPU model and git sha; with ``--csv`` also appends one row to that file.
+thread count, CPU model and git sha, and appends one row to benchmarks/results/evaluate.csv.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,41 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import append_results, print_machine  # noqa: E402
+
 from recmtl.eval.metrics import DEFAULT_KS  # noqa: E402
 from recmtl.eval.ranking import CSR, default_users_chunk, rank_users  # noqa: E402
 
 N_USERS, N_ITEMS, DIM = 7_375, 105_114, 64
 N_POSITIVE, N_EXCLUDE = 28_000, 230_000
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
 
 
 def make_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, CSR, CSR]:
@@ -112,9 +79,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--users-chunk", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--csv", type=Path, default=None, help="append one result row to this CSV")
     args = parser.parse_args()
-
+    print_machine()
     device = torch.device(args.device)
     user_emb, item_emb, positives, exclude = make_inputs(seed=0)
     user_emb, item_emb = user_emb.to(device), item_emb.to(device)
@@ -135,11 +101,7 @@ def main() -> None:
     ratio = t_full / t_bare
 
     row = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-        "torch": torch.__version__,
-        "device": f"{device.type}: {device_name(device)}",
-        "threads": torch.get_num_threads(),
+        "device": device.type,
         "users": N_USERS,
         "evaluated_users": result.n_users,
         "items": N_ITEMS,
@@ -159,14 +121,7 @@ def main() -> None:
     print(f"{'bare runs':>16}: {', '.join(f'{t:.3f}' for t in bare_times)}")
     print(f"{'full runs':>16}: {', '.join(f'{t:.3f}' for t in full_times)}")
     print(f"{'ndcg@20 (mean)':>16}: {result.mean()['ndcg@20']:.6f}")
-    if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new = not args.csv.exists()
-        with args.csv.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+    print(f"appended to {append_results('evaluate', [row])}")
 
 
 if __name__ == "__main__":

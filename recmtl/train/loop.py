@@ -102,16 +102,25 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of every package a run depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "recmtl": recmtl.__version__, "torch": torch.__version__}
+    for name in ("numpy", "polars", "pyarrow", "safetensors", "scipy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.device) -> dict[str, Any]:
     """What config.json records: every resolved option, the data identity, versions and device."""
     return {
         "config": to_jsonable(config),
         "data": {"path": str(dataset.root), "name": dataset.manifest.get("name"), "hash": dataset.data_hash},
-        "versions": {
-            "recmtl": recmtl.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": package_versions(),
         "device": str(device),
         "backend": "torch",
     }
