@@ -7,6 +7,7 @@ exactly the batches the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -17,8 +18,8 @@ from typing import Any, Protocol
 import torch
 
 import recmtl
-from recmtl.aggregators import make_aggregator
-from recmtl.aggregators.base import StepInfo
+from recmtl.aggregators import AGGREGATORS, make_aggregator
+from recmtl.aggregators.base import Aggregator, StepInfo
 from recmtl.config import TrainConfig, to_jsonable
 from recmtl.data.store import PreparedDataset, open_dataset
 from recmtl.errors import RecmtlError
@@ -160,15 +161,64 @@ def fit(
         raise RecmtlError(f"{run_dir}: run directory exists (use --resume to continue it, or another --name)")
 
     data = TrainData.load(dataset, device)
+    model, plan = build_training(config, data, device)  # fails on a missing table before any training
+    loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
+    if resume and (run_dir / LAST).is_file():
+        loop = _restore(run_dir, model, plan)
+    elif not resume:  # (a run interrupted before its first epoch ended has nothing to restore)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, meta)
+
+    valid = split_targets(data, "valid")
+    generator = torch.Generator(device=device)
+    agg_state = plan.aggregator.init_state(plan.n_tasks)
+    stopped_early = False
+    for epoch in range(loop["epoch"] + 1, config.epochs):
+        start = time.perf_counter()
+        generator.manual_seed(epoch_seed(config.seed, epoch))
+        record, agg_state = run_epoch(model, plan, data, config, epoch, generator, agg_state, callbacks)
+        if "error" in record:
+            kept = (
+                f"the last good checkpoint (epoch {loop['epoch']}) is kept in {run_dir / LAST}"
+                if loop["epoch"] >= 0
+                else "no epoch had finished, so no checkpoint was written"
+            )
+            raise TrainingDiverged(f"{record['error']}; {kept}")
+        improved = False
+        if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
+            record |= {f"valid_{k}": v for k, v in validate(model, valid, config, device).items()}
+            value = record[f"valid_{config.select_metric}"]
+            improved = value > loop["best_value"]
+            if improved:
+                loop["best_value"], loop["best_epoch"], loop["bad_evals"] = value, epoch, 0
+            else:
+                loop["bad_evals"] += 1
+        record["best"] = improved
+        record["wall_s"] = time.perf_counter() - start
+        loop["epoch"] = epoch
+        loop["history"].append(record)
+        if improved:
+            best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
+            save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
+        _save_last(run_dir, model, plan, loop)
+        write_metrics(run_dir, loop["history"])
+        callbacks.on_epoch_end(record)
+        if loop["bad_evals"] >= config.patience:
+            stopped_early = True
+            break
+    return FitResult(run_dir, loop["best_epoch"], loop["best_value"], loop["history"], stopped_early)
+
+
+def build_training(config: TrainConfig, data: TrainData, device: torch.device) -> tuple[MFModel, StepPlan]:
+    """The model (seeded init, task-private parameters) and the step plan for ``config`` on ``data``."""
     options = TaskOptions(
         batch_size=config.aux_batch_size or config.batch_size,
         negatives=config.negatives,
         init_std=config.init_std,
     )
-    tasks = build_tasks(config.aux, data, options)  # fails on a missing table before any training
+    tasks = build_tasks(config.aux, data, options)
     params = {"alpha": config.alpha, "tau": config.tau, "combine": config.combine, "focus": config.focus}
     aggregator = _make_aggregator(config.method, params, config.mode)
-
     init_gen = torch.Generator().manual_seed(config.seed)
     model = MFModel.create(data.n_users, data.n_items, config.dim, config.init, config.init_std, config.seed)
     for task in tasks:
@@ -188,96 +238,83 @@ def fit(
         row_groups=row_groups(data, device),
         n_groups=len(ROW_GROUPS),
     )
-    agg_state = aggregator.init_state(len(tasks))
-    loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
-    if resume and (run_dir / LAST).is_file():
-        model, loop = _restore(run_dir, model, plan, private_opt)
-    elif resume:  # interrupted before its first epoch finished: nothing to restore, start over
-        pass
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG, meta)
+    return model, plan
 
-    valid_pos, valid_excl = split_targets(data, "valid")
-    task_names = [t.name for t in tasks]
-    generator = torch.Generator(device=device)
-    n_train = len(data.train)
+
+def run_epoch(
+    model: MFModel,
+    plan: StepPlan,
+    data: TrainData,
+    config: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+    agg_state: Any,
+    callbacks: Callbacks,
+) -> tuple[dict[str, Any], Any]:
+    """One pass over the shuffled training pairs. Returns the epoch's record (mean loss and mean logged
+    weight per task and per user-activity group; an ``error`` entry if a loss became NaN or inf) and the
+    aggregator state."""
+    device = model.weight.device
+    n_train, n_tasks = len(data.train), plan.n_tasks
     n_steps = math.ceil(n_train / config.batch_size)
-    stopped_early = False
+    callbacks.on_epoch_start(epoch, n_steps)
+    order = torch.randperm(n_train, generator=generator, device=device)
+    loss_sum = torch.zeros(n_tasks, device=device)
+    weight_sum = torch.zeros(plan.n_groups, n_tasks, device=device)
+    weight_count = torch.zeros(plan.n_groups, n_tasks, device=device)
+    first_bad = torch.full((n_tasks,), -1, dtype=torch.long, device=device)  # no sync inside the loop
+    for step in range(n_steps):
+        idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+        info = StepInfo(epoch=epoch, step=step, generator=generator)
+        out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, info, agg_state)
+        agg_state = out.state
+        loss_sum += out.losses
+        weight_sum += out.weight_sum
+        weight_count += out.weight_count
+        bad = ~torch.isfinite(out.losses) & (first_bad < 0)
+        first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+        callbacks.on_step(epoch, step)
+
+    names = [t.name for t in plan.tasks]
+    record: dict[str, Any] = {"epoch": epoch}
+    bad = [(int(s), names[t]) for t, s in enumerate(first_bad.tolist()) if s >= 0]
+    if bad:
+        step = min(bad)[0]
+        culprits = ", ".join(name for s, name in bad if s == step)
+        record["error"] = f"loss of task {culprits} became NaN or inf at epoch {epoch}, step {step}"
+        return record, agg_state
     active = set(plan.active_tasks())
-    for epoch in range(loop["epoch"] + 1, config.epochs):
-        start = time.perf_counter()
-        generator.manual_seed(epoch_seed(config.seed, epoch))
-        callbacks.on_epoch_start(epoch, n_steps)
-        order = torch.randperm(n_train, generator=generator, device=device)
-        loss_sum = torch.zeros(len(tasks), device=device)
-        weight_sum = torch.zeros(len(ROW_GROUPS), len(tasks), device=device)
-        weight_count = torch.zeros(len(ROW_GROUPS), len(tasks), device=device)
-        first_bad = torch.full((len(tasks),), -1, dtype=torch.long, device=device)
-        for step in range(n_steps):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            info = StepInfo(epoch=epoch, step=step, generator=generator)
-            out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, info, agg_state)
-            agg_state = out.state
-            loss_sum += out.losses
-            weight_sum += out.weight_sum
-            weight_count += out.weight_count
-            bad = ~torch.isfinite(out.losses) & (first_bad < 0)
-            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
-            callbacks.on_step(epoch, step)
-        _check_finite(first_bad, task_names, epoch, run_dir, loop["epoch"])
 
-        record: dict[str, Any] = {"epoch": epoch}
-        for t, name in enumerate(task_names):
-            # tasks a fixed-weight method never trains (``single``'s auxiliaries) have no loss to report
-            record[f"loss_{name}"] = float(loss_sum[t]) / n_steps if t in active else float("nan")
-            count = float(weight_count[:, t].sum())
-            record[f"weight_{name}"] = float(weight_sum[:, t].sum()) / count if count else float("nan")
-            for g, group in enumerate(ROW_GROUPS):
-                if group != "items":
-                    count = float(weight_count[g, t])
-                    record[f"weight_{name}@{group}"] = (
-                        float(weight_sum[g, t]) / count if count else float("nan")
-                    )
-        improved = False
-        if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
-            result = rank_users(
-                model.user_embeddings().contiguous(),
-                model.item_embeddings().contiguous(),
-                valid_pos,
-                valid_excl,
-                config.ks,
-                users_chunk=config.eval_users_chunk,
-                device=device,
-            )
-            record |= {f"valid_{k}": v for k, v in result.mean().items()}
-            value = record[f"valid_{config.select_metric}"]
-            if value > loop["best_value"]:
-                loop["best_value"], loop["best_epoch"], loop["bad_evals"] = value, epoch, 0
-                improved = True
-            else:
-                loop["bad_evals"] += 1
-        record["best"] = improved
-        record["wall_s"] = time.perf_counter() - start
-        loop["epoch"] = epoch
-        loop["history"].append(record)
-        if improved:
-            best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
-            save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
-        _save_last(run_dir, model, plan, private_opt, loop)
-        write_metrics(run_dir, loop["history"])
-        callbacks.on_epoch_end(record)
-        if loop["bad_evals"] >= config.patience:
-            stopped_early = True
-            break
-    return FitResult(run_dir, loop["best_epoch"], loop["best_value"], loop["history"], stopped_early)
+    def mean(total: torch.Tensor, count: torch.Tensor) -> float:
+        return float(total) / float(count) if float(count) else float("nan")
+
+    for t, name in enumerate(names):
+        # tasks a fixed-weight method never trains (``single``'s auxiliaries) have no loss to report
+        record[f"loss_{name}"] = float(loss_sum[t]) / n_steps if t in active else float("nan")
+        record[f"weight_{name}"] = mean(weight_sum[:, t].sum(), weight_count[:, t].sum())
+        for g, group in enumerate(ROW_GROUPS):
+            if group != "items":
+                record[f"weight_{name}@{group}"] = mean(weight_sum[g, t], weight_count[g, t])
+    return record, agg_state
 
 
-def _make_aggregator(method: str, params: dict[str, Any], mode: str):
-    import dataclasses
+def validate(model: MFModel, valid: tuple, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Mean full-ranking metrics on the validation split (train items masked)."""
+    positives, exclude = valid
+    result = rank_users(
+        model.user_embeddings().contiguous(),
+        model.item_embeddings().contiguous(),
+        positives,
+        exclude,
+        config.ks,
+        users_chunk=config.eval_users_chunk,
+        device=device,
+    )
+    return result.mean()
 
-    from recmtl.aggregators import AGGREGATORS
 
+def _make_aggregator(method: str, params: dict[str, Any], mode: str) -> Aggregator:
+    """The method's aggregator, given the hyper-parameters among ``params`` its class declares."""
     cls = AGGREGATORS.get(method)
     accepted = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
     aggregator = make_aggregator(method, **{k: v for k, v in params.items() if k in accepted})
@@ -287,40 +324,32 @@ def _make_aggregator(method: str, params: dict[str, Any], mode: str):
     return aggregator
 
 
-def _check_finite(
-    first_bad: torch.Tensor, names: list[str], epoch: int, run_dir: Path, last_good: int
-) -> None:
-    bad = [(int(s), names[t]) for t, s in enumerate(first_bad.tolist()) if s >= 0]
-    if not bad:
-        return
-    step, _ = min(bad)
-    culprits = ", ".join(name for s, name in bad if s == step)
-    kept = (
-        f"the last good checkpoint (epoch {last_good}) is kept in {run_dir / LAST}"
-        if last_good >= 0
-        else "no epoch had finished, so no checkpoint was written"
-    )
-    raise TrainingDiverged(f"loss of task {culprits} became NaN or inf at epoch {epoch}, step {step}; {kept}")
+def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, loop: dict[str, Any]) -> None:
+    """One atomic file with everything a resume needs: model, both optimisers' state, the loop state.
 
-
-def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, private_opt, loop: dict[str, Any]) -> None:
+    (The sampling generator needs no saving: it is re-seeded from (seed, epoch) at every epoch start.)
+    """
     tensors = dict(model.state_tensors())
     tensors["adam.exp_avg"], tensors["adam.exp_avg_sq"] = plan.row_adam.exp_avg, plan.row_adam.exp_avg_sq
-    opt_meta: dict[str, Any] = {"row_adam_steps": plan.row_adam.steps}
-    if private_opt is not None:
-        names = list(model.private)
-        steps = {}
-        for i, p in enumerate(private_opt.param_groups[0]["params"]):
-            state = private_opt.state.get(p, {})
+    opt_meta: dict[str, Any] = {"row_adam_steps": plan.row_adam.steps, "private_adam_steps": {}}
+    if plan.private_optimizer is not None:
+        params = plan.private_optimizer.param_groups[0]["params"]
+        for name, p in zip(model.private, params, strict=True):
+            state = plan.private_optimizer.state.get(p, {})
             if state:
-                tensors[f"private_adam.exp_avg.{names[i]}"] = state["exp_avg"]
-                tensors[f"private_adam.exp_avg_sq.{names[i]}"] = state["exp_avg_sq"]
-                steps[names[i]] = float(state["step"])
-        opt_meta["private_adam_steps"] = steps
-    save_tensors(run_dir / LAST, tensors, {"loop": loop, "optim": opt_meta})
+                tensors[f"private_adam.exp_avg.{name}"] = state["exp_avg"]
+                tensors[f"private_adam.exp_avg_sq.{name}"] = state["exp_avg_sq"]
+                opt_meta["private_adam_steps"][name] = float(state["step"])
+    meta = {
+        "loop": loop,
+        "optim": opt_meta,
+        "rng": "torch.Generator re-seeded per epoch by epoch_seed(seed, epoch)",
+    }
+    save_tensors(run_dir / LAST, tensors, meta)
 
 
-def _restore(run_dir: Path, model: MFModel, plan: StepPlan, private_opt) -> tuple[MFModel, dict[str, Any]]:
+def _restore(run_dir: Path, model: MFModel, plan: StepPlan) -> dict[str, Any]:
+    """Load last.safetensors into ``model`` and ``plan``'s optimisers in place; return the loop state."""
     tensors, meta = load_tensors(run_dir / LAST)
     device = model.weight.device
     with torch.no_grad():
@@ -331,14 +360,14 @@ def _restore(run_dir: Path, model: MFModel, plan: StepPlan, private_opt) -> tupl
         for name, param in model.private.items():
             param.copy_(tensors[f"private.{name}"].to(device))
     plan.row_adam.steps = int(meta["optim"]["row_adam_steps"])
-    if private_opt is not None:
-        names = list(model.private)
-        for i, p in enumerate(private_opt.param_groups[0]["params"]):
-            step = meta["optim"].get("private_adam_steps", {}).get(names[i])
+    if plan.private_optimizer is not None:
+        params = plan.private_optimizer.param_groups[0]["params"]
+        for name, p in zip(model.private, params, strict=True):
+            step = meta["optim"]["private_adam_steps"].get(name)
             if step is not None:
-                private_opt.state[p] = {
+                plan.private_optimizer.state[p] = {
                     "step": torch.tensor(step),
-                    "exp_avg": tensors[f"private_adam.exp_avg.{names[i]}"].to(device),
-                    "exp_avg_sq": tensors[f"private_adam.exp_avg_sq.{names[i]}"].to(device),
+                    "exp_avg": tensors[f"private_adam.exp_avg.{name}"].to(device),
+                    "exp_avg_sq": tensors[f"private_adam.exp_avg_sq.{name}"].to(device),
                 }
-    return model, meta["loop"]
+    return meta["loop"]
