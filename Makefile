@@ -29,7 +29,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out $(DEMO_DATA) --overwrite
 	rm -rf $(DEMO_RUN)
-	$(BIN)/recmtl train $(DEMO_DATA) --config datasets/synthetic-train.toml --name $(notdir $(DEMO_RUN)) --runs-dir $(dir $(DEMO_RUN))
+	$(BIN)/recmtl train $(DEMO_DATA) --config configs/demo.toml --name $(notdir $(DEMO_RUN)) --runs-dir $(dir $(DEMO_RUN))
 	$(BIN)/recmtl evaluate $(DEMO_RUN)
 
 test: $(STAMP)
@@ -57,7 +57,7 @@ study-ciao: $(STAMP)
 # The synthetic quality check: pmtrec with informative auxiliary tasks vs single, 3 seeds.
 study-synthetic: $(STAMP)
 	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out $(DEMO_DATA) --overwrite --quiet
-	$(BIN)/python benchmarks/study.py --data $(DEMO_DATA) --config datasets/synthetic-train.toml \
+	$(BIN)/python benchmarks/study.py --data $(DEMO_DATA) --config configs/demo.toml \
 		--methods single,pmtrec --seeds 0,1,2 --runs-dir runs/study-synthetic
 
 clean:
