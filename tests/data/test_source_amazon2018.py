@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from recmtl.config import PrepareConfig
 from recmtl.data.schema import RawTables
 from recmtl.data.sources import amazon2018
-from recmtl.data.sources._common import read_json_lines
+from recmtl.data.sources._common import AMAZON_REVIEW_SCHEMA, read_json_lines
 from recmtl.errors import ConfigError, DataFormatError, RecmtlError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "amazon2018"
@@ -195,10 +195,10 @@ def test_only_meta_in_a_folder_is_not_taken_for_reviews(tmp_path: Path) -> None:
 
 def test_chunked_json_reading_equals_one_chunk() -> None:
     path = FIXTURES / f"{CAT}_5.json"
-    whole = read_json_lines(path, amazon2018.REVIEW_SCHEMA, what="review")
+    whole = read_json_lines(path, AMAZON_REVIEW_SCHEMA, what="review")
     for chunk in (1, 64, 300, 1000):
         assert_frame_equal(
-            read_json_lines(path, amazon2018.REVIEW_SCHEMA, what="review", chunk_bytes=chunk), whole
+            read_json_lines(path, AMAZON_REVIEW_SCHEMA, what="review", chunk_bytes=chunk), whole
         )
     assert whole.height == 8
 
@@ -209,7 +209,7 @@ def test_a_bad_json_line_is_named_whatever_the_chunk(tmp_path: Path, chunk: int)
     lines.insert(6, b'{"overall": "five", "reviewerID": "A9", "asin": "0009"}\n')  # becomes line 7
     path = gz(b"".join(lines), tmp_path / "Books.json.gz")
     with pytest.raises(DataFormatError) as err:
-        read_json_lines(path, amazon2018.REVIEW_SCHEMA, what="review", chunk_bytes=chunk)
+        read_json_lines(path, AMAZON_REVIEW_SCHEMA, what="review", chunk_bytes=chunk)
     assert "Books.json.gz, line 7: not a valid review JSON line" in str(err.value)
     assert "five" in str(err.value)
 

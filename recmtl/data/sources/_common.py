@@ -353,3 +353,54 @@ def require_fields(frame: pl.DataFrame, fields: list[str], path: Path, what: str
     for f in fields:
         if frame.height and frame[f].null_count() == frame.height:
             raise DataFormatError(f"{path}: no {f!r} field on any line, expected {what}")
+
+
+#: The fields of an Amazon review JSON line (2014 and 2018 editions) that recmtl reads.
+AMAZON_REVIEW_SCHEMA: dict[str, pl.DataType] = {
+    "reviewerID": pl.String(),
+    "asin": pl.String(),
+    "overall": pl.Float32(),
+    "unixReviewTime": pl.Int64(),
+}
+
+
+def read_amazon_reviews(path: Path, label: str) -> tuple[pl.DataFrame, dict[str, int]]:
+    """user, item, rating, ts from Amazon review JSON lines (``label`` names the format in errors).
+
+    Reviews missing reviewerID, asin or overall are dropped and counted as ``missing_field``.
+    """
+    reviews = read_json_lines(path, AMAZON_REVIEW_SCHEMA, what="review")
+    require_fields(reviews, ["reviewerID", "asin", "overall"], path, label)
+    frame = reviews.select(
+        pl.col("reviewerID").alias("user"),
+        pl.col("asin").alias("item"),
+        pl.col("overall").alias("rating"),
+        pl.col("unixReviewTime").alias("ts"),
+    )
+    complete = frame.drop_nulls(["user", "item", "rating"])
+    dropped = {"missing_field": frame.height - complete.height} if complete.height < frame.height else {}
+    return complete, dropped
+
+
+Frame = pl.DataFrame | None
+
+
+def unify_ids(
+    interactions: pl.DataFrame, social: Frame, item_category: Frame, item_item: Frame
+) -> tuple[pl.DataFrame, Frame, Frame, Frame]:
+    """Int64 user ids (interactions, social) when all are plain integers, else String; items likewise
+    (interactions, item_category, item_item); category labels likewise on their own."""
+    users = [interactions["user"]] + ([social["src"], social["dst"]] if social is not None else [])
+    items = [interactions["item"]]
+    items += [item_category["item"]] if item_category is not None else []
+    items += [item_item["src"], item_item["dst"]] if item_item is not None else []
+    numeric_users, numeric_items = all_canonical_ints(users), all_canonical_ints(items)
+    interactions = ids_as(ids_as(interactions, ["user"], numeric_users), ["item"], numeric_items)
+    if social is not None:
+        social = ids_as(social, ["src", "dst"], numeric_users)
+    if item_category is not None:
+        item_category = ids_as(item_category, ["item"], numeric_items)
+        item_category = ids_as(item_category, ["category"], all_canonical_ints([item_category["category"]]))
+    if item_item is not None:
+        item_item = ids_as(item_item, ["src", "dst"], numeric_items)
+    return interactions, social, item_category, item_item

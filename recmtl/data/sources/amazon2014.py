@@ -46,21 +46,14 @@ from recmtl.data.sources._common import (
     first_line,
     open_binary,
     parse_numbers,
+    read_amazon_reviews,
     read_delimited,
-    read_json_lines,
-    require_fields,
     require_file,
     require_values,
 )
 from recmtl.errors import DataFormatError
 
 REVIEW_FILES = ["reviews_*.json.gz", "reviews_*.json", "ratings_*.csv"]
-REVIEW_SCHEMA: dict[str, pl.DataType] = {
-    "reviewerID": pl.String(),
-    "asin": pl.String(),
-    "overall": pl.Float32(),
-    "unixReviewTime": pl.Int64(),
-}
 RELATED_KINDS = ("also_bought", "also_viewed", "bought_together", "buy_after_viewing")
 CATEGORY_SEP = " > "
 #: meta lines parsed per polars batch (bounds the Python lists held at once)
@@ -112,17 +105,7 @@ def read_interactions(path: Path) -> tuple[pl.DataFrame, dict[str, int]]:
         frame = parse_numbers(frame, {"rating": pl.Float32(), "ts": pl.Int64()}, path).drop("_line")
         dropped: dict[str, int] = {}
     else:
-        reviews = read_json_lines(path, REVIEW_SCHEMA, what="review")
-        require_fields(reviews, ["reviewerID", "asin", "overall"], path, "Amazon 2014 reviews (JSON lines)")
-        frame = reviews.select(
-            pl.col("reviewerID").alias("user"),
-            pl.col("asin").alias("item"),
-            pl.col("overall").alias("rating"),
-            pl.col("unixReviewTime").alias("ts"),
-        )
-        complete = frame.drop_nulls(["user", "item", "rating"])
-        dropped = {"missing_field": frame.height - complete.height} if complete.height < frame.height else {}
-        frame = complete
+        frame, dropped = read_amazon_reviews(path, "Amazon 2014 reviews (JSON lines)")
     if frame.height == 0:
         raise DataFormatError(f"{path}: no reviews found")
     return frame, dropped

@@ -39,6 +39,7 @@ from recmtl.data.schema import RawTables
 from recmtl.data.sources._common import (
     parse_columns,
     parse_numbers,
+    read_amazon_reviews,
     read_delimited,
     read_json_lines,
     require_fields,
@@ -48,12 +49,6 @@ from recmtl.data.sources._common import (
 from recmtl.errors import DataFormatError, RecmtlError
 
 REVIEW_PATTERNS = ["*.json.gz", "*.json", "*.csv"]
-REVIEW_SCHEMA: dict[str, pl.DataType] = {
-    "reviewerID": pl.String(),
-    "asin": pl.String(),
-    "overall": pl.Float32(),
-    "unixReviewTime": pl.Int64(),
-}
 META_SCHEMA: dict[str, pl.DataType] = {
     "asin": pl.String(),
     "also_buy": pl.List(pl.String()),
@@ -132,17 +127,7 @@ def read_interactions(path: Path, columns: str) -> tuple[pl.DataFrame, dict[str,
         frame = parse_numbers(frame, numbers, path).select(kept)
         dropped: dict[str, int] = {}
     else:
-        reviews = read_json_lines(path, REVIEW_SCHEMA, what="review")
-        require_fields(reviews, ["reviewerID", "asin", "overall"], path, "Amazon 2018 reviews (JSON lines)")
-        frame = reviews.select(
-            pl.col("reviewerID").alias("user"),
-            pl.col("asin").alias("item"),
-            pl.col("overall").alias("rating"),
-            pl.col("unixReviewTime").alias("ts"),
-        )
-        complete = frame.drop_nulls(["user", "item", "rating"])
-        dropped = {"missing_field": frame.height - complete.height} if complete.height < frame.height else {}
-        frame = complete
+        frame, dropped = read_amazon_reviews(path, "Amazon 2018 reviews (JSON lines)")
     if frame.height == 0:
         raise DataFormatError(f"{path}: no reviews found")
     return frame, dropped

@@ -38,14 +38,13 @@ import polars as pl
 from recmtl.config import PrepareConfig
 from recmtl.data.schema import RawTables
 from recmtl.data.sources._common import (
-    all_canonical_ints,
     head_lines,
-    ids_as,
     parse_columns,
     parse_numbers,
     read_delimited,
     require_file,
     require_values,
+    unify_ids,
 )
 from recmtl.errors import ConfigError, DataFormatError, RecmtlError
 
@@ -85,29 +84,6 @@ def read(config: PrepareConfig) -> RawTables:
         explicit="rating" in interactions.columns,
         given_split="split" in interactions.columns,
     )
-
-
-Frame = pl.DataFrame | None
-
-
-def unify_ids(
-    interactions: pl.DataFrame, social: Frame, item_category: Frame, item_item: Frame
-) -> tuple[pl.DataFrame, Frame, Frame, Frame]:
-    """Int64 user ids (interactions, social) when all are plain integers, else String; items likewise."""
-    users = [interactions["user"]] + ([social["src"], social["dst"]] if social is not None else [])
-    items = [interactions["item"]]
-    items += [item_category["item"]] if item_category is not None else []
-    items += [item_item["src"], item_item["dst"]] if item_item is not None else []
-    numeric_users, numeric_items = all_canonical_ints(users), all_canonical_ints(items)
-    interactions = ids_as(ids_as(interactions, ["user"], numeric_users), ["item"], numeric_items)
-    if social is not None:
-        social = ids_as(social, ["src", "dst"], numeric_users)
-    if item_category is not None:
-        item_category = ids_as(item_category, ["item"], numeric_items)
-        item_category = ids_as(item_category, ["category"], all_canonical_ints([item_category["category"]]))
-    if item_item is not None:
-        item_item = ids_as(item_item, ["src", "dst"], numeric_items)
-    return interactions, social, item_category, item_item
 
 
 def normalise_sep(sep: str | None) -> str | None:

@@ -34,12 +34,11 @@ import polars as pl
 from recmtl.config import PrepareConfig
 from recmtl.data.schema import SPLITS, RawTables
 from recmtl.data.sources._common import (
-    all_canonical_ints,
     head_lines,
-    ids_as,
     parse_numbers,
     read_delimited,
     require_values,
+    unify_ids,
 )
 from recmtl.errors import DataFormatError, RecmtlError
 
@@ -62,14 +61,7 @@ def read(config: PrepareConfig) -> RawTables:
     interactions = pl.concat(parts)
     social = _optional(folder / f"{name}.net", read_net)
     item_category = _optional(folder / f"{name}.item", read_item_categories)
-    users = [interactions["user"]] + ([social["src"], social["dst"]] if social is not None else [])
-    items = [interactions["item"]] + ([item_category["item"]] if item_category is not None else [])
-    numeric_users, numeric_items = all_canonical_ints(users), all_canonical_ints(items)
-    interactions = ids_as(ids_as(interactions, ["user"], numeric_users), ["item"], numeric_items)
-    if social is not None:
-        social = ids_as(social, ["src", "dst"], numeric_users)
-    if item_category is not None:
-        item_category = ids_as(item_category, ["item"], numeric_items)
+    interactions, social, item_category, _ = unify_ids(interactions, social, item_category, None)
     return RawTables(
         interactions=interactions,
         social=social,
