@@ -190,3 +190,13 @@ def test_all_recipes_load():
     assert names == ["amazon-office", "amazon-videogames", "ciao", "epinions", "lastfm", "synthetic"]
     for name in names:
         load_recipe(ROOT / "datasets" / f"{name}.toml").config()
+
+
+def test_synthetic_recipe_gives_its_documented_counts(tmp_path):
+    from tests.conftest import ROOT
+
+    recipe = load_recipe(ROOT / "datasets" / "synthetic.toml")
+    manifest = pipeline.prepare(recipe.config(), tmp_path / "synthetic")
+    assert recipe.expected
+    for key, expected in recipe.expected.items():
+        assert manifest["counts"][key] == expected, key
