@@ -83,8 +83,14 @@ def train(
         float | None, Opt(help="PMTRec Task Focusing base α in [1, 10]; main norm × α^epoch. Default 1.1.")
     ] = None,
     tau: Annotated[float | None, Opt(help="PMTRec softmax temperature τ in (0, 100]. Default 1.0.")] = None,
-    combine: Annotated[str | None, Opt(help="PMTRec [reading] combination: unit (default) or raw.")] = None,
-    focus: Annotated[str | None, Opt(help="PMTRec [reading] focusing on: norm (default) or logit.")] = None,
+    combine: Annotated[
+        str | None,
+        Opt(help="PMTRec combination (a reading of the paper; see docs/training.md): unit (default) or raw."),
+    ] = None,
+    focus: Annotated[
+        str | None,
+        Opt(help="PMTRec focusing (a reading of the paper): on the main norm (default) or its logit."),
+    ] = None,
     epochs: Annotated[
         int | None, Opt(help="Maximum epochs (early stopping may end sooner). Default 50.")
     ] = None,
