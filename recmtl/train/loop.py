@@ -283,7 +283,7 @@ def run_epoch(
         culprits = ", ".join(name for s, name in bad if s == step)
         record["error"] = f"loss of task {culprits} became NaN or inf at epoch {epoch}, step {step}"
         return record, agg_state
-    active = set(plan.active_tasks())
+    active = set(plan.active_tasks)
 
     def mean(total: torch.Tensor, count: torch.Tensor) -> float:
         return float(total) / float(count) if float(count) else float("nan")

@@ -22,6 +22,7 @@ same update:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,11 +75,12 @@ class StepPlan:
     def n_tasks(self) -> int:
         return len(self.tasks)
 
+    @functools.cached_property
     def active_tasks(self) -> list[int]:
-        """Indices of the tasks that are sampled and back-propagated."""
+        """Indices of the tasks that are sampled and back-propagated (fixed weight 0: never)."""
         if self.fixed_weights is None:
             return list(range(self.n_tasks))
-        return [t for t in range(self.n_tasks) if float(self.fixed_weights[t]) != 0.0]
+        return [t for t, w in enumerate(self.fixed_weights.tolist()) if w != 0.0]
 
 
 @dataclass
@@ -113,15 +115,11 @@ def train_step(
     gathered: list[tuple[int, Tensor, Tensor]] = []  # (task index, global row ids [n], leaf [n, D])
     losses = torch.zeros(n_tasks, device=device)
     total = torch.zeros((), device=device)
-    for t in plan.active_tasks():
+    for t in plan.active_tasks:
         task = plan.tasks[t]
         batch = task.sample(generator, rec_users, rec_items)
         names = list(batch.ids)
-        ids = (
-            torch.cat([batch.ids[n] + offsets[n] for n in names])
-            if len(names) > 1
-            else batch.ids[names[0]] + offsets[names[0]]
-        )
+        ids = torch.cat([batch.ids[n] + offsets[n] for n in names])
         leaf = model.weight.index_select(0, ids).requires_grad_(True)
         rows = dict(zip(names, torch.split(leaf, [batch.ids[n].numel() for n in names]), strict=True))
         loss = task.loss(rows, batch, _private_of(model, task))
