@@ -64,10 +64,36 @@ def main() -> None:
                 )
             metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
             results.setdefault(method, []).append(metrics)
-    table = markdown_table(results, base)
+    table = markdown_table(results, base) + "\n\n" + paired_tests(args, results)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
+
+
+def paired_tests(
+    args: argparse.Namespace, results: dict[str, list[dict[str, float]]], metric: str = "ndcg@20"
+) -> str:
+    """Per seed, a paired t-test over users of each method against the first one (per_user.parquet)."""
+    import polars as pl
+    from scipy import stats
+
+    methods = list(results)
+    reference, lines = methods[0], []
+    for method in methods[1:]:
+        parts = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            runs = {
+                m: args.runs_dir / f"{args.data.name}-{m}-s{seed}" / "per_user.parquet"
+                for m in (method, reference)
+            }
+            joined = pl.read_parquet(runs[method]).join(
+                pl.read_parquet(runs[reference]), on="user_id", suffix="_ref"
+            )
+            diff = float((joined[metric] - joined[f"{metric}_ref"]).mean())
+            p = float(stats.ttest_rel(joined[metric], joined[f"{metric}_ref"]).pvalue)
+            parts.append(f"seed {seed}: {diff:+.4f} (p = {p:.3g})")
+        lines.append(f"- {method} − {reference}, test {metric}, per-user paired t-test: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def markdown_table(results: dict[str, list[dict[str, float]]], config: TrainConfig) -> str:
@@ -85,7 +111,7 @@ def markdown_table(results: dict[str, list[dict[str, float]]], config: TrainConf
     seeds = len(next(iter(results.values())))
     lines.append(
         f"mean ± std over {seeds} seeds; aux {aux}; lr {config.lr}; dim {config.dim}; "
-        f"batch {config.batch_size}; epochs ≤ {config.epochs}, early stopping on valid "
+        f"batch {config.batch_size} (aux {config.aux_batch_size or config.batch_size}); epochs ≤ {config.epochs}, early stopping on valid "
         f"{config.select_metric} (patience {config.patience})."
     )
     return "\n".join(lines)
