@@ -112,7 +112,8 @@ def markdown_table(results: dict[str, list[dict[str, float]]], config: TrainConf
     lines.append(
         f"mean ± std over {seeds} seeds; aux {aux}; lr {config.lr}; dim {config.dim}; "
         f"batch {config.batch_size} (aux {config.aux_batch_size or config.batch_size}); "
-        f"epochs ≤ {config.epochs}, early stopping on valid {config.select_metric} (patience {config.patience})."
+        f"epochs ≤ {config.epochs}, early stopping on valid {config.select_metric} "
+        f"(patience {config.patience})."
     )
     return "\n".join(lines)
 
