@@ -25,7 +25,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` (broadcast) with ``x / 0 := 0`` for every x, 0/0 included; no NaN from finite input."""
     nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
+    return torch.where(nonzero, num / torch.where(nonzero, den, 1.0), 0.0)
 
 
 def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
@@ -34,11 +34,11 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     Masked-out entries get weight exactly 0; a slice with no True entry gets all zeros (not NaN).
     ``logits`` [..., T] float, ``mask`` [..., T] bool (broadcastable) → [..., T] in ``logits.dtype``.
     """
-    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-    masked = torch.where(mask, logits, neg_inf)
+    masked = logits.masked_fill(~mask, float("-inf"))
     top = masked.amax(dim=dim, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # empty slice: max is -inf
-    exp = torch.exp(masked - top)  # exactly 0 where masked out
+    top = torch.where(mask.any(dim=dim, keepdim=True), top, 0.0)  # empty slice: max is -inf
+    # exp only of finite values (masked entries: exp(0), then multiplied by 0): no slow inf path on CPU
+    exp = torch.exp((logits - top).masked_fill(~mask, 0.0)) * mask
     return safe_div(exp, exp.sum(dim=dim, keepdim=True))
 
 

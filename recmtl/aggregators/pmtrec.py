@@ -9,8 +9,10 @@ For a row r with active (present) tasks A, task gradients G_t = G[r, t], norms n
 
 1. Task Focusing — ``focus`` [reading]:
    - ``"norm"`` (default): boost the main task's norm, ``n'_0 = α^s · n_0``, others unchanged, then
-     ``p_t = n'_t / Σ_{k∈A} n'_k``. Computed in log space, ``log p_t = log n'_t − logsumexp_{k∈A} log n'_k``
-     with ``log n'_0 = log n_0 + s·ln α``, so s = 10 000 cannot overflow; n = 0 is log 0 = −inf (p = 0).
+     ``p_t = n'_t / Σ_{k∈A} n'_k``. Computed without ever forming α^s: numerator and denominator are
+     divided by α^s, so the other tasks' norms are scaled by ``e^{−s·ln α} ∈ (0, 1]`` (a scalar that
+     underflows to 0 for huge s, giving the exact limit p_0 = 1); s = 10 000 cannot overflow, and no
+     log/exp of zero norms is taken (such special values also take slow paths on CPU).
    - ``"logit"``: p from the un-boosted norms, and ``s·ln α`` added to the main task's softmax logit.
 2. Gradient Magnitude Balancing [reading]: ``w_t = softmax_{t∈A}(p_t / τ)``.
    Note that with ``focus="norm"`` p_0 → 1 as s grows, so w_0 tends to ``e^{1/τ} / (e^{1/τ} + |A| − 1)``
@@ -67,18 +69,21 @@ def pmtrec_task_weights(
     """Steps 1–2: the softmax weights w [R, T] from the norms [R, T] (0 for absent tasks, rows sum to 1
     over present tasks, all zeros for a row with no present task)."""
     boost = epoch * math.log(alpha)  # s · ln α, a Python float: finite for any realistic s
-    is_main = main_task_mask(main_task, norms.shape[1], norms.device).to(norms.dtype)
+    is_main = main_task_mask(main_task, norms.shape[1], norms.device)
+    masked = norms.masked_fill(~present, 0.0)
     if focus == "norm":
-        neg_inf = torch.full_like(norms, float("-inf"))
-        log_n = torch.where(present, torch.log(norms), neg_inf) + boost * is_main
-        lse = torch.logsumexp(log_n, dim=-1, keepdim=True)
-        lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # all norms 0: p = 0
-        p = torch.exp(log_n - lse)
-        logits = p / tau
+        # p_t = n'_t / Σ n'_k with n'_0 = e^b n_0, numerator and denominator divided by e^b: the other tasks
+        # are scaled by e^{-b} ∈ (0, 1] (a scalar, never overflows; at huge b it underflows to 0 and p_0 = 1).
+        # When n_0 = 0 the boost is irrelevant and the others keep their plain shares.
+        main_positive = masked[:, main_task : main_task + 1] > 0
+        shrink = torch.where(
+            main_positive, masked.new_tensor(math.exp(-boost)), masked.new_tensor(1.0)
+        )  # [R, 1]
+        scaled = torch.where(is_main, masked, masked * shrink)
+        logits = safe_div(scaled, scaled.sum(dim=-1, keepdim=True)) / tau
     else:  # "logit"
-        masked = norms.masked_fill(~present, 0.0)
         p = safe_div(masked, masked.sum(dim=-1, keepdim=True))
-        logits = p / tau + boost * is_main
+        logits = p / tau + boost * is_main.to(norms.dtype)
     return masked_softmax(logits, present)
 
 
