@@ -404,3 +404,15 @@ def unify_ids(
     if item_item is not None:
         item_item = ids_as(item_item, ["src", "dst"], numeric_items)
     return interactions, social, item_category, item_item
+
+
+def find_amazon_meta(meta: Path | None, interactions: Path, category: str, what: str) -> Path | None:
+    """``--meta`` if given (must exist), else ``meta_<category>.json[.gz]`` beside the interactions file,
+    else None. ``what`` names the file in errors (e.g. "Amazon 2014 meta file")."""
+    if meta is not None:
+        return require_file(meta, what)
+    for name in (f"meta_{category}.json.gz", f"meta_{category}.json"):
+        candidate = interactions.parent / name
+        if candidate.is_file():
+            return candidate
+    return None

@@ -42,13 +42,13 @@ import polars as pl
 from recmtl.config import PrepareConfig
 from recmtl.data.schema import RawTables
 from recmtl.data.sources._common import (
+    find_amazon_meta,
     find_file,
     first_line,
     open_binary,
     parse_numbers,
     read_amazon_reviews,
     read_delimited,
-    require_file,
     require_values,
 )
 from recmtl.errors import DataFormatError
@@ -87,14 +87,7 @@ def category_name(path: Path) -> str:
 
 def meta_path(config: PrepareConfig, interactions: Path) -> Path | None:
     """``--meta`` if given (must exist), else ``meta_<Cat>.json[.gz]`` beside the interactions, else None."""
-    if config.meta is not None:
-        return require_file(config.meta, "Amazon 2014 meta file")
-    cat = category_name(interactions)
-    for name in (f"meta_{cat}.json.gz", f"meta_{cat}.json"):
-        candidate = interactions.parent / name
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_amazon_meta(config.meta, interactions, category_name(interactions), "Amazon 2014 meta file")
 
 
 def read_interactions(path: Path) -> tuple[pl.DataFrame, dict[str, int]]:
