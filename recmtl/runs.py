@@ -21,8 +21,8 @@ from typing import Any
 
 import polars as pl
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from recmtl.data.store import atomic_write_text
 from recmtl.errors import RecmtlError
@@ -49,10 +49,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.is_file():
         raise RecmtlError(f"{path}: checkpoint not found")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not a dict)
             meta = json.loads((fh.metadata() or {}).get(STATE_KEY, "{}"))
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as exc:
         raise RecmtlError(f"{path}: not a readable recmtl checkpoint ({exc})") from None

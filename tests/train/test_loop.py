@@ -512,6 +512,9 @@ def test_evaluate_refuses_missing_checkpoint_and_non_run_dirs(trained_run, tmp_p
         evaluate_run(tmp_path)
     with pytest.raises(RecmtlError, match="not found"):
         evaluate_run(tmp_path / "nowhere")
+    (tmp_path / "no-ckpt" / "best.safetensors").write_bytes(b"\x00" * 64)  # a truncated / foreign file
+    with pytest.raises(RecmtlError, match=r"best\.safetensors: not a readable recmtl checkpoint"):
+        evaluate_run(tmp_path / "no-ckpt")
 
 
 def test_weights_are_logged_per_user_activity_group(tiny_data, tmp_path):
