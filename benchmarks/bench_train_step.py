@@ -117,8 +117,19 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="2048", help="comma-separated; one measurement each")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument(
+        "--tuned-allocator",
+        action="store_true",
+        help="raise glibc's mmap/trim thresholds first, as `recmtl train` does (applies to all three steps)",
+    )
     args = parser.parse_args()
     print_machine()
+    if args.tuned_allocator:
+        from cli._shell import tune_allocator
+
+        print(f"glibc allocator tuned as in `recmtl train`: {tune_allocator()}")
+    else:
+        print("glibc allocator: default settings")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data
         if data_dir is None:
@@ -141,7 +152,7 @@ def main() -> None:
         print(f"  PMTRec step / EW summed-backward step: {ratio_ew:.3f}x   (target <= 1.2x)")
         print(f"  dense per-task reference / PMTRec step: {speedup:.1f}x faster   (target >= 15x)")
         rows.append(
-            {"data": data_dir.name, "aux": args.aux, "batch": batch}
+            {"data": data_dir.name, "aux": args.aux, "batch": batch, "tuned_allocator": args.tuned_allocator}
             | {f"{k}_ms": f"{v:.3f}" for k, v in med.items()}
             | {"pmtrec_over_ew": f"{ratio_ew:.4f}", "dense_over_pmtrec": f"{speedup:.2f}"}
         )

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli._shell import console, given, user_errors
+from cli._shell import console, given, tune_allocator, user_errors
 from cli.render import metrics_table
 from recmtl.config import AUX_TASKS, TrainConfig, build, read_toml
 from recmtl.errors import ConfigError
@@ -168,6 +168,7 @@ def train(
             raise ConfigError("missing DATA_DIR: the prepared dataset to train on (e.g. data/synthetic)")
         run_dir = runs_dir / (config.name or _default_name(config))
     config = config.validate()
+    tune_allocator()
     if quiet:
         result = fit(config, run_dir, resume=resume is not None, callbacks=LogCallbacks(config.select_metric))
     else:
@@ -211,6 +212,7 @@ def evaluate(
         raise ConfigError(f"--k {k!r}: expected positive cut-offs")
     if users_chunk is not None and users_chunk < 1:
         raise ConfigError(f"--users-chunk {users_chunk}: expected at least 1")
+    tune_allocator()
     report, _ = evaluate_run(
         run_dir, split=split, ks=ks, device=resolve_device(device), users_chunk=users_chunk
     )

@@ -84,6 +84,10 @@ class Aggregator(ABC):
     # True when the coefficients are constant 0/1 per present task (ew, single): the trainer may then
     # skip per-task gradients and run one backward on sum_t fixed_task_weights(T)[t] * L_t.
     fixed_weights: ClassVar[bool] = False
+    # True when a row with exactly one present task always gets coefficient 1 for it (its gradient passes
+    # through unchanged) and weight 1 in the logged task weights, whatever the epoch, state or values:
+    # the trainer may then compute coefficients only for rows where several tasks meet.
+    identity_on_single_task: ClassVar[bool] = False
 
     def init_state(self, n_tasks: int) -> Any:
         """The state before the first step (stateless methods: None)."""

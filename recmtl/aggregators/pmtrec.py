@@ -121,6 +121,8 @@ class PMTRec(WeightedAggregator):
     name: ClassVar[str] = "pmtrec"
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
     needs: ClassVar[str] = "norms"
+    # one present task: w = softmax over one = 1 and c = w · (w n) / n = 1 (unit) or w = 1 (raw)
+    identity_on_single_task: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_real(self.name, "alpha", self.alpha, low=ALPHA_RANGE[0], high=ALPHA_RANGE[1])

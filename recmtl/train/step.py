@@ -216,31 +216,44 @@ def aggregate_slots(
     aggregator: WeightedAggregator, mode: str, sc: Scattered, info: StepInfo, state: Any
 ) -> tuple[Tensor, Any, Tensor, Tensor]:
     """Norm-based aggregation on the present slots; returns the update [R, D], the new state, the logged
-    weights [R or 1, T] and the coefficients c [R or 1, T]."""
+    weights [R or 1, T] and the coefficients c [R or 1, T].
+
+    In row mode, for an aggregator that is the identity on single-task rows, the coefficient math runs only
+    on the rows where at least two tasks meet (on real data a small minority); the others get c = 1.
+    """
     n_rows, n_tasks = sc.present.shape
     dtype = compute_dtype(sc.grads.dtype)
-    stats = GradStats(dtype=dtype)
-    present = sc.present if mode == "row" else sc.present.any(0, keepdim=True)
+    norms = None
     if aggregator.needs == "norms":
         slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)  # [S]
         if mode == "row":
-            norms = (
-                slot_norms.new_zeros(n_rows * n_tasks)
-                .index_copy_(0, sc.slots, slot_norms)
-                .view(n_rows, n_tasks)
-            )
+            norms = slot_norms.new_zeros(n_rows * n_tasks).index_copy_(0, sc.slots, slot_norms)
+            norms = norms.view(n_rows, n_tasks)
         else:  # the norm of a task's flattened gradient over all its rows
             squares = slot_norms.new_zeros(n_tasks).index_add_(0, sc.slots % n_tasks, slot_norms.square())
             norms = squares.sqrt().unsqueeze(0)
-        stats = GradStats(dtype=dtype, norms=norms)
-    out = aggregator.coefficients(stats, present, state, info)
+    if mode == "global":
+        out = aggregator.coefficients(GradStats(dtype, norms), sc.present.any(0, keepdim=True), state, info)
+        coefficients, logged, state = out.weights, out.extras.get("task_weights", out.weights), out.state
+    elif aggregator.identity_on_single_task:
+        coefficients = sc.present.to(dtype)
+        logged = coefficients.clone()
+        multi = (sc.present.sum(1) > 1).nonzero().squeeze(1)
+        sub_norms = None if norms is None else norms.index_select(0, multi)
+        sub_present = sc.present.index_select(0, multi)
+        out = aggregator.coefficients(GradStats(dtype, sub_norms), sub_present, state, info)
+        coefficients.index_copy_(0, multi, out.weights.to(dtype))
+        logged.index_copy_(0, multi, out.extras.get("task_weights", out.weights).to(dtype))
+        state = out.state
+    else:
+        out = aggregator.coefficients(GradStats(dtype, norms), sc.present, state, info)
+        coefficients, logged, state = out.weights, out.extras.get("task_weights", out.weights), out.state
     finfo = torch.finfo(sc.grads.dtype)
-    c = out.weights.clamp(min=finfo.min, max=finfo.max).to(sc.grads.dtype)
+    c = coefficients.clamp(min=finfo.min, max=finfo.max).to(sc.grads.dtype)
     per_entry = c.reshape(-1)[sc.inverse * n_tasks + sc.task] if mode == "row" else c[0, sc.task]
-    update = sc.grads.new_zeros(n_rows, sc.grads.shape[1]).index_add_(
-        0, sc.inverse, sc.grads * per_entry[:, None]
-    )
-    return update, out.state, out.extras.get("task_weights", out.weights), out.weights
+    scaled = sc.grads * per_entry[:, None]
+    update = sc.grads.new_zeros(n_rows, sc.grads.shape[1]).index_add_(0, sc.inverse, scaled)
+    return update, state, logged, coefficients
 
 
 def aggregate(

@@ -185,3 +185,24 @@ def test_fixed_weights_are_constant_zero_one(config, mode):
 def test_malformed_inputs_raise(aggregator, grads, present):
     with pytest.raises(ValueError):
         aggregator(grads, present, None, StepInfo())
+
+
+IDENTITY = [c for c in CONFIGS if make_aggregator(c[0], **c[1]).identity_on_single_task]
+
+
+@pytest.mark.parametrize("config", IDENTITY, ids=[config_id(c) for c in IDENTITY])
+@pytest.mark.parametrize("epoch", [0, 3, 10_000])
+def test_identity_on_single_task_rows(config, epoch):
+    """What the trainer's shortcut relies on: a row with one present task passes its gradient through."""
+    aggregator = make_aggregator(config[0], **config[1])
+    gen = torch.Generator().manual_seed(epoch)
+    grads = torch.randn(24, 3, 5, generator=gen) * torch.rand(24, 3, 1, generator=gen) * 10
+    present = torch.zeros(24, 3, dtype=torch.bool)
+    present[torch.arange(24), torch.arange(24) % 3] = True  # exactly one task per row, each task in turn
+    grads[5, 2] = 0.0  # a zero gradient too
+    out = aggregator(grads, present, aggregator.init_state(3), StepInfo(epoch=epoch))
+    torch.testing.assert_close(out.update, grads[present], rtol=1e-6, atol=1e-7)
+    logged = out.extras.get("task_weights", out.weights)
+    nonzero_rows = grads.norm(dim=2)[present] > 0
+    assert torch.equal(out.weights[present][nonzero_rows], torch.ones(int(nonzero_rows.sum())))
+    assert torch.equal(logged[present], torch.ones(24))

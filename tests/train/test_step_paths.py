@@ -70,12 +70,13 @@ def test_slot_path_equals_dense_aggregator_call(name, params, mode):
     parts = _gathered(seed=3)
     sc = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")))
     info = StepInfo(epoch=4)
-    slot_update, _, _, _ = step_mod.aggregate_slots(agg, mode, sc, info, None)
-    plan = step_mod.StepPlan(
-        [None] * 3, agg, mode, None, None, None, None, None
-    )  # only aggregator, mode read
-    dense_update, _, _, _ = step_mod.aggregate(plan, sc.dense(3), sc.present, info, None)
+    slot_update, _, slot_logged, _ = step_mod.aggregate_slots(agg, mode, sc, info, None)
+    # only the aggregator and the mode of the plan are read
+    plan = step_mod.StepPlan([None] * 3, agg, mode, None, None, None, None, None)
+    dense_update, _, dense_logged, _ = step_mod.aggregate(plan, sc.dense(3), sc.present, info, None)
     torch.testing.assert_close(slot_update, dense_update, rtol=1e-5, atol=1e-6)
+    # the logged task weights agree too (the slot path computes them only where several tasks meet)
+    torch.testing.assert_close(slot_logged.expand_as(dense_logged), dense_logged, rtol=1e-5, atol=1e-6)
 
 
 def test_pmtrec_slot_path_keeps_main_only_rows_exact():
