@@ -218,42 +218,59 @@ def aggregate_slots(
     """Norm-based aggregation on the present slots; returns the update [R, D], the new state, the logged
     weights [R or 1, T] and the coefficients c [R or 1, T].
 
-    In row mode, for an aggregator that is the identity on single-task rows, the coefficient math runs only
-    on the rows where at least two tasks meet (on real data a small minority); the others get c = 1.
+    In row mode, for an aggregator that is the identity on single-task rows, the norms and the coefficient
+    math are computed only for the rows where at least two tasks meet (on real data a small minority);
+    the other rows get c = 1.
     """
     n_rows, n_tasks = sc.present.shape
     dtype = compute_dtype(sc.grads.dtype)
-    norms = None
-    if aggregator.needs == "norms":
-        slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)  # [S]
-        if mode == "row":
-            norms = slot_norms.new_zeros(n_rows * n_tasks).index_copy_(0, sc.slots, slot_norms)
-            norms = norms.view(n_rows, n_tasks)
-        else:  # the norm of a task's flattened gradient over all its rows
+    if mode == "global":
+        norms = None
+        if aggregator.needs == "norms":  # the norm of a task's flattened gradient over all its rows
+            slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)
             squares = slot_norms.new_zeros(n_tasks).index_add_(0, sc.slots % n_tasks, slot_norms.square())
             norms = squares.sqrt().unsqueeze(0)
-    if mode == "global":
         out = aggregator.coefficients(GradStats(dtype, norms), sc.present.any(0, keepdim=True), state, info)
-        coefficients, logged, state = out.weights, out.extras.get("task_weights", out.weights), out.state
+        coefficients = out.weights
     elif aggregator.identity_on_single_task:
-        coefficients = sc.present.to(dtype)
-        logged = coefficients.clone()
-        multi = (sc.present.sum(1) > 1).nonzero().squeeze(1)
-        sub_norms = None if norms is None else norms.index_select(0, multi)
-        sub_present = sc.present.index_select(0, multi)
-        out = aggregator.coefficients(GradStats(dtype, sub_norms), sub_present, state, info)
-        coefficients.index_copy_(0, multi, out.weights.to(dtype))
-        logged.index_copy_(0, multi, out.extras.get("task_weights", out.weights).to(dtype))
-        state = out.state
+        is_multi = sc.present.sum(1) > 1  # [R]
+        multi = is_multi.nonzero().squeeze(1)  # [M]
+        present = sc.present.index_select(0, multi)
+        norms = None
+        if aggregator.needs == "norms":
+            entries = is_multi.index_select(0, sc.inverse).nonzero().squeeze(1)  # entries of those rows
+            position = torch.empty(n_rows, dtype=torch.long, device=multi.device)
+            position[multi] = torch.arange(multi.numel(), device=multi.device)
+            key = position[sc.inverse[entries]] * n_tasks + sc.task[entries]
+            sums = sc.grads.new_zeros(multi.numel() * n_tasks, sc.grads.shape[1])
+            sums.index_add_(0, key, sc.grads.index_select(0, entries))  # G at the [M, T] slots
+            norms = torch.linalg.vector_norm(sums, dim=1, dtype=dtype).view(-1, n_tasks)
+        out = aggregator.coefficients(GradStats(dtype, norms), present, state, info)
+        coefficients = sc.present.to(dtype).index_copy_(0, multi, out.weights.to(dtype))
+        logged = sc.present.to(dtype).index_copy_(
+            0, multi, out.extras.get("task_weights", out.weights).to(dtype)
+        )
+        return _combine_entries(sc, coefficients, mode), out.state, logged, coefficients
     else:
+        norms = None
+        if aggregator.needs == "norms":
+            slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)
+            norms = slot_norms.new_zeros(n_rows * n_tasks).index_copy_(0, sc.slots, slot_norms)
+            norms = norms.view(n_rows, n_tasks)
         out = aggregator.coefficients(GradStats(dtype, norms), sc.present, state, info)
-        coefficients, logged, state = out.weights, out.extras.get("task_weights", out.weights), out.state
+        coefficients = out.weights
+    logged = out.extras.get("task_weights", out.weights)
+    return _combine_entries(sc, coefficients, mode), out.state, logged, coefficients
+
+
+def _combine_entries(sc: Scattered, coefficients: Tensor, mode: str) -> Tensor:
+    """update [R, D] = Σ over gathered entries of c[row, task] · grad: one scaled scatter."""
+    n_tasks = sc.present.shape[1]
     finfo = torch.finfo(sc.grads.dtype)
     c = coefficients.clamp(min=finfo.min, max=finfo.max).to(sc.grads.dtype)
     per_entry = c.reshape(-1)[sc.inverse * n_tasks + sc.task] if mode == "row" else c[0, sc.task]
     scaled = sc.grads * per_entry[:, None]
-    update = sc.grads.new_zeros(n_rows, sc.grads.shape[1]).index_add_(0, sc.inverse, scaled)
-    return update, state, logged, coefficients
+    return sc.grads.new_zeros(sc.rows.numel(), sc.grads.shape[1]).index_add_(0, sc.inverse, scaled)
 
 
 def aggregate(
