@@ -160,7 +160,8 @@ def main() -> None:
 
 
 def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rounds: int):
-    """Median ms/step of the three steps over ``rounds`` interleaved rounds (fewer dense steps)."""
+    """Median ms/step of the three steps over ``rounds`` interleaved rounds in rotating order (fewer dense
+    steps)."""
     steps = {
         "pmtrec": recmtl_step(data, aux, "pmtrec", batch),
         "ew": recmtl_step(data, aux, "ew", batch),
@@ -169,8 +170,12 @@ def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rou
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn in steps.values():
         fn()  # warm-up
-    for _ in range(rounds):
-        for name, fn in steps.items():
+    names = list(steps)
+    for r in range(rounds):
+        # rotate the order every round: whichever step runs right after the dense reference meets cold
+        # caches and a churned allocator, so a fixed order would bias the ratios
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = steps[name]
             n = max(1, n_steps // 10) if name == "dense_reference" else n_steps
             start = time.perf_counter()
             for _ in range(n):
