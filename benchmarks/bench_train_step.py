@@ -28,33 +28,23 @@ from _machine import append_results, print_machine  # noqa: E402
 
 from recmtl.aggregators import make_aggregator  # noqa: E402
 from recmtl.aggregators.base import StepInfo  # noqa: E402
+from recmtl.config import TrainConfig  # noqa: E402
 from recmtl.data.pipeline import prepare  # noqa: E402
 from recmtl.data.recipes import load_recipe  # noqa: E402
 from recmtl.data.store import open_dataset  # noqa: E402
 from recmtl.model.mf import MFModel  # noqa: E402
 from recmtl.tasks import TaskOptions, build_tasks  # noqa: E402
 from recmtl.train.data import TrainData  # noqa: E402
-from recmtl.train.row_adam import RowAdam  # noqa: E402
-from recmtl.train.step import RowWorkspace, StepPlan, train_step  # noqa: E402
+from recmtl.train.loop import build_training  # noqa: E402
+from recmtl.train.step import train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
-    tasks = build_tasks(aux, data, TaskOptions(batch_size=batch))
-    model = MFModel.create(data.n_users, data.n_items, 64, "normal", 0.1, 0)
-    gen = torch.Generator().manual_seed(0)
-    for t in tasks:
-        model.private |= {f"{t.name}.{k}": v for k, v in t.init_private(64, gen).items()}
-    model = model.to(torch.device("cpu"))
-    agg = make_aggregator(method)
-    private_opt = torch.optim.Adam(list(model.private.values()), lr=1e-3)
-    row_adam = RowAdam.wrap(model.weight, 1e-3)
-    model.weight = row_adam.param
-    workspace = RowWorkspace(model.weight.shape[0], model.weight.device)
-    fixed = agg.fixed_task_weights(len(tasks))
-    groups = torch.zeros(model.weight.shape[0], dtype=torch.long)
-    plan = StepPlan(tasks, agg, "row", fixed, private_opt, row_adam, workspace, groups)
+    """recmtl's own step, built exactly as `recmtl train` builds it (defaults: d 64, lr 1e-3, seed 0)."""
+    config = TrainConfig(aux=aux, method=method, batch_size=batch).validate()
+    model, plan = build_training(config, data, torch.device("cpu"))
     sampler = torch.Generator().manual_seed(1)
 
     def step() -> None:

@@ -19,14 +19,9 @@ from recmtl.config import PrepareConfig, to_jsonable
 from recmtl.data import steps
 from recmtl.data.schema import (
     AUX_TABLES,
-    CATEGORIES_SCHEMA,
-    ITEM_CATEGORY_SCHEMA,
-    ITEM_ITEM_SCHEMA,
-    ITEMS_SCHEMA,
     SCHEMA_VERSION,
-    SOCIAL_SCHEMA,
     SPLITS,
-    USERS_SCHEMA,
+    TABLE_SCHEMAS,
     RawTables,
     split_schema,
 )
@@ -215,14 +210,6 @@ def write_prepared(
     overwrite: bool,
 ) -> dict:
     """Write every table and the manifest into ``out`` atomically; return the manifest."""
-    schemas = {
-        "users": USERS_SCHEMA,
-        "items": ITEMS_SCHEMA,
-        "social": SOCIAL_SCHEMA,
-        "item_category": ITEM_CATEGORY_SCHEMA,
-        "categories": CATEGORIES_SCHEMA,
-        "item_item": ITEM_ITEM_SCHEMA,
-    }
     counts = {name: frame.height for name, frame in tables.items()}
     counts["interactions"] = sum(counts[s] for s in SPLITS)
     manifest: dict[str, Any] = {
@@ -242,7 +229,7 @@ def write_prepared(
     }
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for name, frame in tables.items():
-            schema = schemas.get(name) or split_schema(frame.columns)
+            schema = split_schema(frame.columns) if name in SPLITS else TABLE_SCHEMAS[name]
             manifest["tables"][name] = write_table(frame, tmp / f"{name}.parquet", schema)
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
