@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _machine import append_results, print_machine  # noqa: E402
 
+from recmtl.data.csr import CSR
 from recmtl.eval.metrics import DEFAULT_KS  # noqa: E402
-from recmtl.eval.ranking import CSR, default_users_chunk, rank_users  # noqa: E402
+from recmtl.eval.ranking import default_users_chunk, rank_users  # noqa: E402
 
 N_USERS, N_ITEMS, DIM = 7_375, 105_114, 64
 N_POSITIVE, N_EXCLUDE = 28_000, 230_000

@@ -32,9 +32,9 @@ from recmtl.config import TrainConfig  # noqa: E402
 from recmtl.data.pipeline import prepare  # noqa: E402
 from recmtl.data.recipes import load_recipe  # noqa: E402
 from recmtl.data.store import open_dataset  # noqa: E402
+from recmtl.data.tensors import TrainData  # noqa: E402
 from recmtl.model.mf import MFModel  # noqa: E402
 from recmtl.tasks import TaskOptions, build_tasks  # noqa: E402
-from recmtl.train.data import TrainData  # noqa: E402
 from recmtl.train.loop import build_training  # noqa: E402
 from recmtl.train.step import train_step  # noqa: E402
 

@@ -16,11 +16,11 @@ import torch
 
 from recmtl.config import TrainConfig, build
 from recmtl.data.store import open_dataset, sha256_file
+from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
-from recmtl.eval.ranking import CSR, RankingResult, rank_users
+from recmtl.eval.ranking import RankingResult, rank_users
 from recmtl.model.mf import MFModel
 from recmtl.runs import BEST, load_tensors, read_run_config, write_json
-from recmtl.train.data import TrainData
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,6 @@ class EvalReport:
             "checkpoint": {"file": BEST, "sha256": self.checkpoint_sha256, "epoch": self.checkpoint_epoch},
             "device": self.device,
         }
-
-
-def split_targets(data: TrainData, split: str) -> tuple[CSR, CSR]:
-    """Positives of ``split`` and the items masked before the top-K: train when validating, train + valid
-    when testing (EVALUATION.md)."""
-    if split not in ("valid", "test"):
-        raise RecmtlError(f"--split {split!r}: expected valid or test")
-    pairs = getattr(data, split)
-    positives = CSR.from_pairs(pairs.a, pairs.b, data.n_users)
-    masked = [data.train] if split == "valid" else [data.train, data.valid]
-    exclude = CSR.from_pairs(torch.cat([p.a for p in masked]), torch.cat([p.b for p in masked]), data.n_users)
-    return positives, exclude
 
 
 def evaluate_run(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from recmtl.data.tensors import TrainData
 from recmtl.tasks.base import Task, TaskBatch, TaskOptions
 from recmtl.tasks.bpr_tasks import CobuyTask, CoviewTask, RecTask, SocialTask
 from recmtl.tasks.other_tasks import AlignTask, CategoryTask, RatingTask, UniformTask
-from recmtl.train.data import TrainData
 
 #: task name -> class; ``rec`` is the main task (index 0), the others are ``--aux`` names.
 TASKS: dict[str, type[Task]] = {

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recmtl.train.data import PairSet, TrainData
+from recmtl.data.tensors import PairSet, TrainData
 
 
 @dataclass(frozen=True)

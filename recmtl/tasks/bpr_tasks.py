@@ -13,9 +13,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from recmtl.data.tensors import Pairs, PairSet, TrainData
 from recmtl.errors import RecmtlError
 from recmtl.tasks.base import Task, TaskBatch, TaskOptions, bpr_loss, sample_negatives, uniform_indices
-from recmtl.train.data import Pairs, PairSet, TrainData
 
 
 class RecTask(Task):

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
 from recmtl.tasks.base import Task, TaskBatch, TaskOptions, uniform_indices
-from recmtl.train.data import TrainData
 
 
 class CategoryTask(Task):

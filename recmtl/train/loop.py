@@ -22,9 +22,9 @@ from recmtl.aggregators import AGGREGATORS, make_aggregator
 from recmtl.aggregators.base import Aggregator, StepInfo
 from recmtl.config import TrainConfig, to_jsonable
 from recmtl.data.store import PreparedDataset, open_dataset
+from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
 from recmtl.eval.ranking import rank_users
-from recmtl.eval.run_eval import split_targets
 from recmtl.model.mf import MFModel
 from recmtl.runs import (
     BEST,
@@ -37,7 +37,6 @@ from recmtl.runs import (
     write_metrics,
 )
 from recmtl.tasks import TaskOptions, build_tasks
-from recmtl.train.data import TrainData
 from recmtl.train.row_adam import RowAdam
 from recmtl.train.step import RowWorkspace, StepPlan, train_step
 

@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recmtl.data.csr import CSR
 from recmtl.eval.metrics import METRICS, metric_key, metric_keys
-from recmtl.eval.ranking import CSR, default_users_chunk, rank_scores, rank_users
+from recmtl.eval.ranking import default_users_chunk, rank_scores, rank_users
 
 # --------------------------------------------------------------------------------------------------
 # CSR

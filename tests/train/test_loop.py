@@ -14,12 +14,12 @@ import torch
 
 import recmtl
 from recmtl.data.store import open_dataset, sha256_file
+from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
 from recmtl.eval.run_eval import evaluate_run
 from recmtl.runs import load_tensors, save_tensors
 from recmtl.tasks.bpr_tasks import SocialTask
 from recmtl.train import loop as loop_module
-from recmtl.train.data import TrainData
 from recmtl.train.loop import FitResult, TrainingDiverged, fit
 from tests.train.conftest import (
     Interrupt,
@@ -519,7 +519,7 @@ def test_evaluate_refuses_missing_checkpoint_and_non_run_dirs(trained_run, tmp_p
 
 def test_weights_are_logged_per_user_activity_group(tiny_data, tmp_path):
     from recmtl.data.store import open_dataset
-    from recmtl.train.data import TrainData
+    from recmtl.data.tensors import TrainData
     from recmtl.train.loop import row_groups
 
     data = TrainData.load(open_dataset(tiny_data), torch.device("cpu"))

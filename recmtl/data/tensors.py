@@ -1,4 +1,4 @@
-"""A prepared dataset loaded into tensors for training and evaluation."""
+"""A prepared dataset loaded into tensors (training and evaluation) and the targets of an evaluation split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from recmtl.data.csr import CSR
 from recmtl.data.store import PreparedDataset
+from recmtl.errors import RecmtlError
 
 
 def _long(frame: pl.DataFrame, column: str) -> Tensor:
@@ -100,3 +102,15 @@ class TrainData:
             n_categories=n_categories,
             item_item=item_item,
         )
+
+
+def split_targets(data: TrainData, split: str) -> tuple[CSR, CSR]:
+    """Positives of ``split`` and the items masked before the top-K: train when validating, train + valid
+    when testing (EVALUATION.md)."""
+    if split not in ("valid", "test"):
+        raise RecmtlError(f"--split {split!r}: expected valid or test")
+    pairs = getattr(data, split)
+    positives = CSR.from_pairs(pairs.a, pairs.b, data.n_users)
+    masked = [data.train] if split == "valid" else [data.train, data.valid]
+    exclude = CSR.from_pairs(torch.cat([p.a for p in masked]), torch.cat([p.b for p in masked]), data.n_users)
+    return positives, exclude
