@@ -1,7 +1,7 @@
 """Evaluation: chunked full ranking over all items (:mod:`.ranking`) and top-K metrics (:mod:`.metrics`)."""
 
-from recmtl.eval.metrics import DEFAULT_KS, METRICS, metric_key, metric_keys, topk_metrics
 from recmtl.data.csr import CSR
+from recmtl.eval.metrics import DEFAULT_KS, METRICS, metric_key, metric_keys, topk_metrics
 from recmtl.eval.ranking import RankingResult, rank_scores, rank_users
 
 __all__ = [
