@@ -46,10 +46,11 @@ def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
     config = TrainConfig(aux=aux, method=method, batch_size=batch).validate()
     model, plan = build_training(config, data, torch.device("cpu"))
     sampler = torch.Generator().manual_seed(1)
+    state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0])
 
     def step() -> None:
         idx = torch.randint(len(data.train), (batch,), generator=sampler)
-        train_step(model, plan, data.train.a[idx], data.train.b[idx], sampler, StepInfo(epoch=3), None)
+        train_step(model, plan, data.train.a[idx], data.train.b[idx], sampler, 3, 0, state)
 
     return step
 
@@ -91,7 +92,7 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int):
                 ):
                     p.grad = g
         jac_t = torch.stack(jac).unsqueeze(0)  # [1, T, P]
-        out = pmtrec(jac_t, torch.ones(1, len(tasks), dtype=torch.bool), None, StepInfo(epoch=3))
+        out = pmtrec(jac_t, torch.ones(1, len(tasks), dtype=torch.bool), {}, StepInfo(epoch=3))
         flat = out.update[0]
         users.grad = flat[: users.numel()].view_as(users)
         items.grad = flat[users.numel() :].view_as(items)

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli._shell import console, given, tune_allocator, user_errors
+from cli._shell import console, tune_allocator, user_errors
+from cli.options import config_options
 from cli.render import metrics_table
-from recmtl.config import AUX_TASKS, TrainConfig, build, read_toml
+from recmtl.config import TrainConfig, build, read_toml
 from recmtl.errors import ConfigError
 from recmtl.eval.run_eval import evaluate_run
 from recmtl.runs import read_run_config
@@ -68,60 +69,47 @@ class LogCallbacks:
 
 def _default_name(config: TrainConfig) -> str:
     aux = "+".join(config.aux) if config.aux else "noaux"
-    return f"{config.data.name}-{config.method}-{aux}-s{config.seed}"
+    return f"{config.data.name}-{config.method.name}-{aux}-s{config.seed}"
+
+
+def parse_method_options(items: list[str]) -> dict[str, str]:
+    """``["alpha=1.2", "tau=0.5"]`` -> {"alpha": "1.2", "tau": "0.5"} (values converted later, per method)."""
+    options: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--method-opt {item!r}: expected KEY=VALUE, e.g. --method-opt tau=0.5")
+        options[key.strip()] = value.strip()
+    return options
 
 
 @user_errors
+@config_options(TrainConfig, skip=("data",))
 def train(
     data_dir: Annotated[Path | None, typer.Argument(help="Prepared dataset (recmtl prepare output).")] = None,
-    aux: Annotated[str | None, Opt(help=f"Auxiliary tasks, comma-separated: {', '.join(AUX_TASKS)}.")] = None,
-    method: Annotated[str | None, Opt(help="Gradient aggregation: pmtrec (default), ew, single.")] = None,
-    mode: Annotated[
-        str | None, Opt(help="row (per user/item row, personalised) or global (one vector per task).")
+    method_opt: Annotated[
+        list[str] | None,
+        Opt(
+            "--method-opt",
+            metavar="KEY=VALUE",
+            help="A hyper-parameter of the chosen --method, repeatable (e.g. --method-opt alpha=1.2 "
+            "--method-opt tau=0.5); `recmtl methods` lists each method's options.",
+        ),
     ] = None,
-    alpha: Annotated[
-        float | None, Opt(help="PMTRec Task Focusing base α in [1, 10]; main norm × α^epoch. Default 1.1.")
-    ] = None,
-    tau: Annotated[float | None, Opt(help="PMTRec softmax temperature τ in (0, 100]. Default 1.0.")] = None,
-    combine: Annotated[
-        str | None,
-        Opt(help="PMTRec combination (a reading of the paper; see docs/training.md): unit (default) or raw."),
-    ] = None,
-    focus: Annotated[
-        str | None,
-        Opt(help="PMTRec focusing (a reading of the paper): on the main norm (default) or its logit."),
-    ] = None,
-    epochs: Annotated[
-        int | None, Opt(help="Maximum epochs (early stopping may end sooner). Default 50.")
-    ] = None,
-    batch_size: Annotated[int | None, Opt(help="Rec positives per step. Default 2048.")] = None,
-    aux_batch_size: Annotated[
-        int | None, Opt(help="Samples per auxiliary task per step (default: --batch-size).")
-    ] = None,
-    lr: Annotated[float | None, Opt(help="Adam learning rate. Default 1e-3.")] = None,
-    dim: Annotated[int | None, Opt(help="Embedding dimension d. Default 64.")] = None,
-    negatives: Annotated[int | None, Opt(help="Negatives per positive for the BPR tasks. Default 1.")] = None,
-    init: Annotated[str | None, Opt(help="Embedding init: normal (std --init-std) or xavier.")] = None,
-    init_std: Annotated[float | None, Opt(help="Std of the normal init. Default 0.1.")] = None,
-    seed: Annotated[int | None, Opt(help="Seed of init, sampling and shuffling. Default 0.")] = None,
-    device: Annotated[str | None, Opt(help="auto (cuda if available), cpu or cuda.")] = None,
-    eval_every: Annotated[int | None, Opt(help="Validate every N epochs. Default 1.")] = None,
-    patience: Annotated[
-        int | None, Opt(help="Stop after N validations without improvement. Default 10.")
-    ] = None,
-    select_metric: Annotated[
-        str | None, Opt(help="Validation metric for model selection. Default ndcg@20.")
-    ] = None,
-    k: Annotated[str | None, Opt("--k", help="Cut-offs for validation metrics. Default 10,20,40.")] = None,
     config_file: Annotated[
-        Path | None, Opt("--config", help="TOML file with any of these options; flags override it.")
+        Path | None,
+        Opt(
+            "--config",
+            help="TOML file with any of these options (method options in a [method] table); "
+            "flags override it.",
+        ),
     ] = None,
-    name: Annotated[str | None, Opt(help="Run name (default: DATA-METHOD-AUX-sSEED).")] = None,
     runs_dir: Annotated[Path, Opt(help="Where run directories are created.")] = Path("runs"),
     resume: Annotated[
         Path | None, Opt(help="Continue the interrupted run in this directory (same options).")
     ] = None,
     quiet: Annotated[bool, Opt(help="No progress bars: one log line per epoch.")] = False,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """Train a matrix-factorisation recommender with auxiliary tasks and a gradient-aggregation method.
 
@@ -129,31 +117,13 @@ def train(
     the tasks' gradients combined by the method (PMTRec: Task Focusing + Gradient Magnitude Balancing),
     then a row-sparse Adam update. Validation every epoch with early stopping; writes runs/NAME/ with
     config.json, metrics.parquet, best.safetensors and a resumable last.safetensors.
+
+    Methods and their options: `recmtl methods`.
     """
-    overrides = given(
-        aux=aux,
-        method=method,
-        mode=mode,
-        alpha=alpha,
-        tau=tau,
-        combine=combine,
-        focus=focus,
-        epochs=epochs,
-        batch_size=batch_size,
-        aux_batch_size=aux_batch_size,
-        lr=lr,
-        dim=dim,
-        negatives=negatives,
-        init=init,
-        init_std=init_std,
-        seed=seed,
-        device=device,
-        eval_every=eval_every,
-        patience=patience,
-        select_metric=select_metric,
-        ks=k,
-        name=name,
-    )
+    overrides = dict(overrides or {})
+    if method_opt:
+        name = overrides.pop("method", None)
+        overrides["method"] = ({"name": name} if name else {}) | parse_method_options(method_opt)
     if data_dir is not None:
         overrides["data"] = data_dir
     if resume is not None:

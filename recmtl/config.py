@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recmtl.aggregators import Aggregator, PMTRec, aggregator_class
 from recmtl.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
@@ -151,11 +152,47 @@ def build(cls: type, values: dict[str, Any], *, base: Any = None, where: str = "
     updates: dict[str, Any] = {}
     for key, value in values.items():
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        if annotation is Aggregator:
+            updates[key] = build_method(value, getattr(current, key), where=where)
+        elif dataclasses.is_dataclass(annotation) and isinstance(value, dict):
             updates[key] = build(annotation, value, base=getattr(current, key), where=f"{where}.{key}")
         else:
             updates[key] = _coerce(value, annotation, f"{where}: {key}")
     return dataclasses.replace(current, **updates)
+
+
+def build_method(value: Any, base: Aggregator, *, where: str = "config") -> Aggregator:
+    """The method (an aggregator with its hyper-parameters) described by ``value`` on top of ``base``.
+
+    ``value`` is a method name (``"ew"``), a table ``{"name": ..., option: value, ...}`` (the ``[method]``
+    table of a TOML file, ``--method`` with ``--method-opt``; without ``name``, ``base``'s method) or an
+    aggregator. Options given for the same method as ``base`` replace its values; a different method
+    starts from its own defaults. Values may be strings (from the command line): they are converted to
+    the option's type. An option the method does not have is a ConfigError naming it.
+    """
+    if isinstance(value, Aggregator):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: method: expected a name or a table, got {value!r}")
+    options = dict(value)
+    name = options.pop("name", base.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: method name: expected a string, got {name!r}")
+    cls = aggregator_class(name)
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        known = ", ".join(fields) if fields else "none"
+        raise ConfigError(
+            f"{where}: method {name} has no option {unknown[0]!r} "
+            f"(its options: {known}; see `recmtl methods`)"
+        )
+    start = base if type(base) is cls else cls()
+    coerced = {k: _coerce(v, hints[k], f"{where}: method {name} option {k}") for k, v in options.items()}
+    return dataclasses.replace(start, **coerced)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -173,7 +210,10 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """A JSON-friendly view of a (nested) config dataclass: paths as strings, tuples as lists."""
+    """A JSON-friendly view of a (nested) config dataclass: paths as strings, tuples as lists, a method as
+    ``{"name": ..., option: value, ...}``."""
+    if isinstance(obj, Aggregator):
+        return {"name": obj.name} | to_jsonable(dataclasses.asdict(obj))
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Path):
@@ -192,37 +232,58 @@ def to_jsonable(obj: Any) -> Any:
 AUX_TASKS = ("social", "category", "coview", "cobuy", "align", "uniform", "rating")
 
 
+def _opt(default: Any = None, help: str = "", **meta: Any) -> Any:
+    """A config field with its one-line help (``flag`` overrides the command-line name)."""
+    if isinstance(default, Aggregator):
+        return field(default_factory=lambda: default, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def flag(name: str) -> str:
+    """The command-line flag of TrainConfig field ``name`` (``batch_size`` -> ``--batch-size``)."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(name)
+    return (f.metadata.get("flag") if f else None) or "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `recmtl train` needs (METHODS.md §1-4, EVALUATION.md protocol)."""
+    """Everything `recmtl train` needs (METHODS.md §1-4, EVALUATION.md protocol).
 
-    data: Path = Path("data/synthetic")
-    name: str | None = None
-    aux: tuple[str, ...] = ()
-    method: str = "pmtrec"
-    mode: str = "row"  # row (per-row, personalised) | global (one flattened vector per task)
-    # PMTRec (METHODS.md §4); passed to any method whose aggregator has a field of the same name
-    alpha: float = 1.1
-    tau: float = 1.0
-    combine: str = "unit"  # [reading] unit | raw
-    focus: str = "norm"  # [reading] norm | logit
+    Each field is one option: its default, type and help here are the only declaration (the command-line
+    options of `recmtl train` are generated from them). The method's own hyper-parameters live in the
+    method (``method``, an aggregator whose fields they are), never here.
+    """
+
+    data: Path = _opt(Path("data/synthetic"), "Prepared dataset (recmtl prepare output).")
+    name: str | None = _opt(None, "Run name (default: DATA-METHOD-AUX-sSEED).")
+    aux: tuple[str, ...] = _opt((), f"Auxiliary tasks, comma-separated: {', '.join(AUX_TASKS)}.")
+    method: Aggregator = _opt(
+        PMTRec(),
+        "Gradient aggregation method; its options with --method-opt KEY=VALUE. "
+        "`recmtl methods` lists every method with its options, ranges and paper.",
+    )
+    mode: str = _opt("row", "row: per user/item row (personalised); global: one flattened vector per task.")
     # model and optimisation
-    dim: int = 64
-    init: str = "normal"  # normal (std init_std) | xavier
-    init_std: float = 0.1
-    epochs: int = 50
-    batch_size: int = 2048
-    aux_batch_size: int | None = None  # None: same as batch_size
-    negatives: int = 1
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    dim: int = _opt(64, "Embedding dimension d.")
+    init: str = _opt("normal", "Embedding init: normal (std --init-std) or xavier.")
+    init_std: float = _opt(0.1, "Std of the normal init.")
+    epochs: int = _opt(50, "Maximum epochs (early stopping may end sooner).")
+    batch_size: int = _opt(2048, "Rec positives per step.")
+    aux_batch_size: int | None = _opt(None, "Samples per auxiliary task per step (default: --batch-size).")
+    negatives: int = _opt(1, "Negatives per positive for the BPR tasks.")
+    lr: float = _opt(1e-3, "Adam learning rate.")
+    seed: int = _opt(0, "Seed of init, sampling and shuffling.")
+    device: str = _opt("auto", "auto (cuda if available), cpu or cuda.")
     # validation and early stopping
-    eval_every: int = 1
-    patience: int = 10
-    select_metric: str = "ndcg@20"
-    ks: tuple[int, ...] = (10, 20, 40)
-    eval_users_chunk: int = 512
+    eval_every: int = _opt(1, "Validate every N epochs.")
+    patience: int = _opt(10, "Stop after N validations without improvement.")
+    select_metric: str = _opt("ndcg@20", "Validation metric for model selection.")
+    ks: tuple[int, ...] = _opt((10, 20, 40), "Cut-offs for validation metrics.", flag="--k")
+    eval_users_chunk: int = _opt(512, "Users ranked at a time during validation.")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, Aggregator):  # a name or a table, e.g. TrainConfig(method="ew")
+            object.__setattr__(self, "method", build_method(self.method, PMTRec(), where="method"))
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the first option out of range; return self."""
@@ -232,31 +293,44 @@ class TrainConfig:
         if len(set(self.aux)) != len(self.aux):
             raise ConfigError(f"--aux: a task is listed twice in {','.join(self.aux)}")
         checks = [
-            (1.0 <= self.alpha <= 10.0, "--alpha", self.alpha, "in [1, 10] (spec grid 1.0-1.5)"),
-            (0.0 < self.tau <= 100.0, "--tau", self.tau, "in (0, 100] (spec grid 0.1-10)"),
-            (self.mode in ("row", "global"), "--mode", self.mode, "row or global"),
-            (self.combine in ("unit", "raw"), "--combine", self.combine, "unit or raw"),
-            (self.focus in ("norm", "logit"), "--focus", self.focus, "norm or logit"),
-            (self.init in ("normal", "xavier"), "--init", self.init, "normal or xavier"),
-            (self.device in ("auto", "cpu", "cuda"), "--device", self.device, "auto, cpu or cuda"),
-            (self.dim >= 1, "--dim", self.dim, "at least 1"),
-            (self.epochs >= 1, "--epochs", self.epochs, "at least 1"),
-            (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
-            ((self.aux_batch_size or 1) >= 1, "--aux-batch-size", self.aux_batch_size, "at least 1"),
-            (self.negatives >= 1, "--negatives", self.negatives, "at least 1"),
-            (self.lr > 0, "--lr", self.lr, "positive"),
-            (self.init_std > 0, "--init-std", self.init_std, "positive"),
-            (self.eval_every >= 1, "--eval-every", self.eval_every, "at least 1"),
-            (self.patience >= 1, "--patience", self.patience, "at least 1"),
-            (len(self.ks) > 0 and all(k >= 1 for k in self.ks), "--k", self.ks, "positive cut-offs"),
-            (self.eval_users_chunk >= 1, "--eval-users-chunk", self.eval_users_chunk, "at least 1"),
+            (self.mode in ("row", "global"), "mode", self.mode, "row or global"),
+            (self.init in ("normal", "xavier"), "init", self.init, "normal or xavier"),
+            (self.device in ("auto", "cpu", "cuda"), "device", self.device, "auto, cpu or cuda"),
+            (self.dim >= 1, "dim", self.dim, "at least 1"),
+            (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
+            ((self.aux_batch_size or 1) >= 1, "aux_batch_size", self.aux_batch_size, "at least 1"),
+            (self.negatives >= 1, "negatives", self.negatives, "at least 1"),
+            (self.lr > 0, "lr", self.lr, "positive"),
+            (self.init_std > 0, "init_std", self.init_std, "positive"),
+            (self.eval_every >= 1, "eval_every", self.eval_every, "at least 1"),
+            (self.patience >= 1, "patience", self.patience, "at least 1"),
+            (len(self.ks) > 0 and all(k >= 1 for k in self.ks), "ks", self.ks, "positive cut-offs"),
+            (self.eval_users_chunk >= 1, "eval_users_chunk", self.eval_users_chunk, "at least 1"),
         ]
-        for ok, option, value, expected in checks:
+        for ok, name, value, expected in checks:
             if not ok or (isinstance(value, float) and value != value):
-                raise ConfigError(f"{option} {value} out of range: expected {expected}")
+                raise ConfigError(f"{flag(name)} {value} out of range: expected {expected}")
+        if self.mode not in self.method.modes:
+            supported = ", ".join(sorted(self.method.modes))
+            raise ConfigError(
+                f"--method {self.method.name} does not support --mode {self.mode} (supports: {supported})"
+            )
         metric, _, k = self.select_metric.partition("@")
         if not k.isdigit() or int(k) not in self.ks:
             raise ConfigError(
                 f"--select-metric {self.select_metric!r}: expected NAME@K with K in {list(self.ks)}"
             )
         return self
+
+
+def upgrade_train_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig table as recmtl 0.1 saved it (PMTRec's options flat beside the method name) in
+    today's form (the options inside the method's table); anything else is returned unchanged."""
+    flat = ("alpha", "tau", "combine", "focus")
+    if not isinstance(saved.get("method"), str) or not any(k in saved for k in flat):
+        return saved
+    out = {k: v for k, v in saved.items() if k not in flat}
+    if saved["method"] == "pmtrec":
+        out["method"] = {"name": "pmtrec"} | {k: saved[k] for k in flat if k in saved}
+    return out

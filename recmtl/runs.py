@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from recmtl.config import upgrade_train_config
 from recmtl.data.store import atomic_write_text
 from recmtl.errors import RecmtlError
 
@@ -70,9 +71,12 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecmtlError(f"{run_dir}: no {CONFIG} (not a recmtl run directory)")
     try:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise RecmtlError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(saved.get("config"), dict):
+        saved["config"] = upgrade_train_config(saved["config"])
+    return saved
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

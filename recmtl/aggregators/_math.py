@@ -1,6 +1,7 @@
 """Pure, batched tensor helpers shared by the aggregators.
 
-Shapes: R rows (unique touched embedding rows, or 1 in global mode), T tasks, D gradient dimension.
+Shapes: R rows (unique touched embedding rows, or 1 in global mode), T tasks, D gradient dimension, N gathered
+(row, task) entries.
 Every helper is a pure function of its inputs: no state, no ``.item()``, no Python branch on tensor values,
 and none of them ever returns NaN for empty rows or zero gradients (0/0 is defined as 0 here).
 
@@ -42,48 +43,42 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return safe_div(exp, exp.sum(dim=dim, keepdim=True))
 
 
-def row_norms(grads: Tensor, present: Tensor | None = None) -> Tensor:
-    """Euclidean norm of every task gradient: ``grads`` [R, T, D] → [R, T] in :func:`compute_dtype`.
+def norms(vectors: Tensor) -> Tensor:
+    """Euclidean norm over the last dimension: ``vectors`` [..., D] → [...] in :func:`compute_dtype`.
 
-    One pass over ``grads`` (no copy for float32/float64 input). Entries of absent tasks (``present``
-    [R, T] False) are set to 0.
+    One pass over the input (no copy for float32/float64 input).
     """
-    dtype = compute_dtype(grads.dtype)
-    norms = torch.linalg.vector_norm(grads, dim=-1, dtype=None if grads.dtype == dtype else dtype)
-    if present is not None:
-        norms = norms.masked_fill(~present, 0.0)
-    return norms
+    dtype = compute_dtype(vectors.dtype)
+    return torch.linalg.vector_norm(vectors, dim=-1, dtype=None if vectors.dtype == dtype else dtype)
 
 
-def row_gram(grads: Tensor, present: Tensor | None = None) -> Tensor:
+def gram(grads: Tensor, present: Tensor | None = None) -> Tensor:
     """Gram matrix of every row: ``grads`` [R, T, D] → [R, T, T], ``G[r, s, t] = <g_rs, g_rt>``.
 
     Computed with one batched matmul in :func:`compute_dtype` (a copy only for low-precision input),
-    symmetrised, with rows and columns of absent tasks zeroed.
+    symmetrised, with rows and columns of absent tasks (``present`` [R, T] False) zeroed.
     """
     dtype = compute_dtype(grads.dtype)
     g = grads if grads.dtype == dtype else grads.to(dtype)
-    gram = torch.bmm(g, g.transpose(1, 2))
-    gram = 0.5 * (gram + gram.transpose(1, 2))
+    out = torch.bmm(g, g.transpose(1, 2))
+    out = 0.5 * (out + out.transpose(1, 2))
     if present is not None:
         keep = present.unsqueeze(2) & present.unsqueeze(1)
-        gram = gram.masked_fill(~keep, 0.0)
-    return gram
-
-
-def combine(coefficients: Tensor, grads: Tensor) -> Tensor:
-    """The weighted sum ``update[r] = sum_t c[r, t] * grads[r, t]``: [R, T] × [R, T, D] → [R, D].
-
-    Equal to ``einsum('rt,rtd->rd', c, grads)``, written as T fused multiply-adds into one [R, D] buffer
-    (a loop over tasks, never rows): no [R, T, D] temporary, and on CPU about 4× faster than the batched
-    tiny matmul einsum lowers to for per-row shapes (R = 10^4, T = 4, D = 64). Runs in ``grads.dtype``
-    (coefficients cast down, gradients never copied); coefficients are clamped to the dtype's finite range
-    so an extreme ratio cannot produce inf. A coefficient of exactly 0 adds exactly 0 (for finite grads),
-    so e.g. ``c = (1, 0, ..., 0)`` returns the first task's gradient bit for bit.
-    """
-    finfo = torch.finfo(grads.dtype)
-    c = coefficients.clamp(min=finfo.min, max=finfo.max).to(grads.dtype).unsqueeze(-1)  # [R, T, 1]
-    out = grads[:, 0] * c[:, 0]
-    for t in range(1, grads.shape[1]):
-        out.addcmul_(grads[:, t], c[:, t])
+        out = out.masked_fill(~keep, 0.0)
     return out
+
+
+def weighted_scatter(values: Tensor, weights: Tensor | None, index: Tensor, n_out: int) -> Tensor:
+    """The weighted sum ``out[index[n]] += weights[n] · values[n]``: [N, D] → [n_out, D] in ``values.dtype``.
+
+    This is every aggregation's combination step, ``update[r] = Σ_t c[r, t] · G[r, t]``, applied to the
+    gathered (row, task) entries (``weights[n]`` = the coefficient of entry n's row and task): one scaled
+    scatter, never an [R, T, D] temporary. ``weights`` None sums unweighted. Weights are cast to
+    ``values.dtype`` after clamping to its finite range, so an extreme ratio cannot produce inf; a weight of
+    exactly 0 adds exactly 0 (for finite values), and a row with one entry of weight 1 gets that entry bit
+    for bit.
+    """
+    if weights is not None:
+        finfo = torch.finfo(values.dtype)
+        values = values * weights.clamp(min=finfo.min, max=finfo.max).to(values.dtype).unsqueeze(1)
+    return values.new_zeros(n_out, values.shape[1]).index_add_(0, index, values)

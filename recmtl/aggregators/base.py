@@ -1,181 +1,260 @@
 """The aggregation interface every gradient-combination method implements (METHODS.md §3).
 
-Per training step the trainer builds, for each unique touched parameter row r and task t, the task
-gradient ``grads[r, t, :]`` (duplicates already summed) and the mask ``present[r, t]`` of tasks that touch
-the row. An :class:`Aggregator` maps ``(grads [R, T, D], present [R, T], state, info)`` to an
-:class:`Aggregation`: the combined update ``[R, D]``, the coefficients ``[R, T]`` when the method is
-linear in the gradients (so the trainer can log per-task weights), the new state and optional extras.
+Per training step an :class:`Aggregator` maps the task gradients of the touched rows
+(:class:`~recmtl.aggregators.grads.TaskGrads`: per-row ``G[r, t]`` and the presence mask ``P[r, t]``), its
+state and the :class:`StepInfo` to an :class:`Aggregation`: the update ``[R, D]``, the coefficients
+``[R', T]`` when the method is linear in the gradients, the per-task weights to log, and the new state.
 
-- per-row mode ("row"): R = number of unique touched rows, D = embedding dim;
-- global mode ("global"): R = 1 and D = all touched rows of a task flattened: the same code path.
+- per-row mode ("row"): R' = R unique touched rows, D = embedding dim;
+- global mode ("global"): R' = 1, every task's touched rows flattened into one vector: the same code.
 
-Absent tasks (``present`` False) are excluded from every norm, softmax and divisor. Their gradient
-entries must be finite (the trainer fills zeros); they are multiplied by a coefficient of exactly 0,
-so their values never change the output, but an inf/NaN there would (0 · inf = NaN) — we do not pay a
-masked copy of ``grads`` to guard against that.
+A method writes one pure, batched function — :meth:`Aggregator.weigh`: the coefficients ``c [R', T]``
+(0 for absent tasks) from whatever statistics it asks ``grads`` for (norms, Gram matrix, dense view),
+the state and the step info — and declares its hyper-parameters as dataclass fields made with
+:func:`option` (default, range or choices, help). The base class then does the rest, once for every
+method:
 
-Most methods are "coefficients from the norms / Gram matrix, then a weighted sum":
-:class:`WeightedAggregator` computes the statistics a method declares it ``needs`` and the combination
-``update = einsum('rt,rtd->rd', c, grads)`` (``_math.combine``); a subclass writes only a pure, batched
-:meth:`WeightedAggregator.coefficients`. Everything runs under ``torch.no_grad()``.
+- validates the hyper-parameters on construction (:class:`~recmtl.errors.ConfigError` naming the
+  parameter and the value found);
+- :meth:`Aggregator.aggregate` runs under ``torch.no_grad()``; for a method that declares
+  ``identity_on_single_task`` it calls :meth:`~Aggregator.weigh` only on the rows where several tasks
+  meet (on real data a small minority) and gives every other row coefficient 1 for its one task;
+- the combination ``update = Σ_t c_t G_t`` (:meth:`TaskGrads.combine`, one scaled scatter).
+
+Absent tasks (``present`` False) are excluded from every norm, softmax and divisor and get coefficient 0.
+State is a mapping of tensors (:data:`State`): ``init_state`` makes it, ``weigh`` returns the new one, and
+the trainer saves it with every checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+import typing
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from recmtl.aggregators._math import combine, compute_dtype, row_gram, row_norms
+from recmtl.aggregators.grads import MODES, TaskGrads
 from recmtl.errors import ConfigError
 
-MODES = frozenset({"row", "global"})
+#: An aggregator's state: named tensors (per-row state is indexed by storage row id, see StepInfo.row_ids).
+State = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What a step tells the aggregator besides the gradients."""
+    """What a step tells the aggregator besides the gradients.
+
+    row_ids [R'] are the storage rows (users first, then items; ``tables`` gives each table's range) of
+    the rows being aggregated, in order; in global mode, all touched rows. None when the caller has no
+    storage (a plain [R, T, D] call): rows are then numbered 0..R-1 (see :meth:`rows`).
+    """
 
     epoch: int = 0  # 0-based epoch index s
-    step: int = 0
+    step: int = 0  # 0-based step within the epoch
+    mode: str = "row"  # "row" | "global"
+    tasks: tuple[str, ...] = ()  # task names, main task first
+    losses: Tensor | None = None  # [T] task losses of this step (detached)
+    row_ids: Tensor | None = None  # [R'] storage row of each aggregated row
+    tables: Mapping[str, range] = field(default_factory=dict)  # table name -> its storage rows
     generator: torch.Generator | None = None  # the only source of randomness an aggregator may use
-    losses: Tensor | None = None  # [T] task losses of this step (for loss-weighting methods)
+
+    def rows(self, n_rows: int, device: torch.device | None = None) -> Tensor:
+        """[n_rows] storage row ids of the aggregated rows (0..n_rows-1 when none were given)."""
+        if self.row_ids is not None:
+            return self.row_ids
+        return torch.arange(n_rows, device=device)
+
+    def rows_of_table(self, table: str) -> tuple[Tensor, Tensor]:
+        """Which aggregated rows belong to ``table`` (bool [R']) and their ids within it ([M])."""
+        span = self.tables[table]
+        ids = self.rows(0) if self.row_ids is None else self.row_ids
+        inside = (ids >= span.start) & (ids < span.stop)
+        return inside, ids[inside] - span.start
+
+    def select(self, rows: Tensor) -> StepInfo:
+        """The same information for the aggregated rows ``rows`` [M] (positions) only."""
+        if self.row_ids is None:
+            return dataclasses.replace(self, row_ids=rows)
+        return dataclasses.replace(self, row_ids=self.row_ids.index_select(0, rows))
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What :meth:`Aggregator.weigh` returns."""
+
+    coefficients: Tensor  # [R', T] c with update = Σ_t c[r, t] · G[r, t]; 0 for absent tasks
+    state: State = field(default_factory=dict)  # the new state
+    task_weights: Tensor | None = None  # [R', T] the weights to log, when not the coefficients themselves
 
 
 @dataclass
 class Aggregation:
     """The result of one aggregation."""
 
-    update: Tensor  # [R, D] combined gradient per row, in grads.dtype
-    weights: Tensor | None  # [R, T] c with update = sum_t c[r, t] * grads[r, t]; None if not linear
-    state: Any  # new state, to be passed to the next call
-    extras: dict[str, Tensor] = field(default_factory=dict)  # method-specific values worth logging
+    update: Tensor  # [R, D] combined gradient per row, in the gradients' dtype
+    coefficients: Tensor | None  # [R', T] when the method is linear in the gradients, else None
+    logged_weights: Tensor | None  # [R', T] per-task weights to log; None (logged as NaN) if it has none
+    state: State
+
+
+def option(
+    default: Any,
+    *,
+    help: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A method hyper-parameter: a dataclass field with its default, its valid values and a one-line help.
+
+    Numbers are checked against ``[low, high]`` (``(low, high]`` with ``low_open``; either bound may be
+    None); strings against ``choices``. ``recmtl methods`` lists all of it.
+    """
+    return field(
+        default=default,
+        metadata={"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices},
+    )
 
 
 @dataclass(frozen=True)
-class GradStats:
-    """Per-row statistics of the task gradients, absent tasks zeroed (see ``_math``)."""
+class OptionInfo:
+    """One hyper-parameter of a method, as :func:`method_options` describes it."""
 
-    dtype: torch.dtype = torch.float32  # compute dtype of the coefficient math (>= float32)
-    norms: Tensor | None = None  # [R, T] in compute dtype (>= float32)
-    gram: Tensor | None = None  # [R, T, T] in compute dtype (>= float32)
+    name: str
+    type: type
+    default: Any
+    help: str
+    valid: str  # e.g. "[1, 10]", "(0, 100]", "unit | raw", "integer >= 0"
 
 
-@dataclass(frozen=True)
-class Coefficients:
-    """What :meth:`WeightedAggregator.coefficients` returns."""
+def method_options(cls: type[Aggregator]) -> list[OptionInfo]:
+    """The hyper-parameters a method class declares, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return [
+        OptionInfo(
+            f.name, hints[f.name], f.default, f.metadata.get("help", ""), _valid_text(f, hints[f.name])
+        )
+        for f in dataclasses.fields(cls)
+    ]
 
-    weights: Tensor  # [R, T] the coefficients c (0 for absent tasks)
-    state: Any = None  # new state (stateless methods return None)
-    extras: dict[str, Tensor] = field(default_factory=dict)
+
+def _valid_text(f: dataclasses.Field, kind: type) -> str:
+    m = f.metadata
+    if m.get("choices"):
+        return " | ".join(m["choices"])
+    low, high = m.get("low"), m.get("high")
+    name = "integer" if kind is int else "number"
+    if low is not None and high is not None:
+        return f"{'(' if m.get('low_open') else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"{name} {'>' if m.get('low_open') else '>='} {low:g}"
+    if high is not None:
+        return f"{name} <= {high:g}"
+    return name
+
+
+def _check_option(owner: str, f: dataclasses.Field, kind: type, value: Any) -> None:
+    """Raise ConfigError naming ``owner``'s parameter ``f`` when ``value`` is not valid for it."""
+    where = f"{owner}: {f.name}"
+    m = f.metadata
+    if kind is str:
+        if not isinstance(value, str) or (m.get("choices") and value not in m["choices"]):
+            raise ConfigError(f"{where} must be one of {', '.join(m.get('choices') or ())}; found {value!r}")
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, found {value!r}")
+        return
+    integral = kind is int
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integral else numbers.Real):
+        raise ConfigError(f"{where} must be {'an integer' if integral else 'a number'}, found {value!r}")
+    v = float(value)
+    low, high = m.get("low"), m.get("high")
+    bad = not math.isfinite(v)
+    bad |= low is not None and (v <= low if m.get("low_open") else v < low)
+    bad |= high is not None and v > high
+    if bad:
+        valid = _valid_text(f, kind)
+        raise ConfigError(f"{where} must be {'in ' if valid[0] in '[(' else ''}{valid}, found {value!r}")
 
 
 class Aggregator(ABC):
-    """Abstract base. Subclasses are small frozen dataclasses whose fields are their hyper-parameters,
-    validated in ``__post_init__`` (raising :class:`~recmtl.errors.ConfigError`)."""
+    """Abstract base. Subclasses are small frozen dataclasses whose fields (made with :func:`option`) are
+    their hyper-parameters; see the module docstring for what a subclass writes."""
 
     name: ClassVar[str]
     modes: ClassVar[frozenset[str]]  # subset of {"row", "global"}
+    # the modes of the method's paper; any other supported mode is our variant ("per-row, ours")
+    paper_modes: ClassVar[frozenset[str]] = frozenset({"global"})
+    paper: ClassVar[str] = ""  # reference: authors, title, venue
     # True when the coefficients are constant 0/1 per present task (ew, single): the trainer may then
     # skip per-task gradients and run one backward on sum_t fixed_task_weights(T)[t] * L_t.
     fixed_weights: ClassVar[bool] = False
     # True when a row with exactly one present task always gets coefficient 1 for it (its gradient passes
     # through unchanged) and weight 1 in the logged task weights, whatever the epoch, state or values:
-    # the trainer may then compute coefficients only for rows where several tasks meet.
+    # aggregate() then calls weigh() only for the rows where several tasks meet.
     identity_on_single_task: ClassVar[bool] = False
 
-    def init_state(self, n_tasks: int) -> Any:
-        """The state before the first step (stateless methods: None)."""
-        return None
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_option(self.name, f, hints[f.name], getattr(self, f.name))
+
+    def label(self, mode: str) -> str:
+        """How a run in ``mode`` is labelled: the paper's method, or our per-row variant."""
+        return "paper" if mode in self.paper_modes else "per-row, ours" if mode == "row" else "global, ours"
+
+    def init_state(self, n_tasks: int, n_rows: int) -> State:
+        """The state before the first step, for ``n_tasks`` tasks over ``n_rows`` storage rows."""
+        return {}
 
     def fixed_task_weights(self, n_tasks: int) -> Tensor | None:
         """For ``fixed_weights`` methods, the [T] 0/1 loss weights of the equivalent summed backward."""
         return None
 
     @abstractmethod
-    def __call__(self, grads: Tensor, present: Tensor, state: Any, info: StepInfo) -> Aggregation:
-        """Aggregate ``grads`` [R, T, D] with mask ``present`` [R, T] (bool)."""
+    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+        """Pure and batched: the coefficients [R', T] (0 for absent tasks) and the new state."""
 
-
-class WeightedAggregator(Aggregator):
-    """Base for "weights from the norms / Gram matrix, then a weighted sum".
-
-    ``needs`` says which statistics :meth:`coefficients` receives: "none" (neither), "norms" (row norms
-    only, one pass over the gradients) or "gram" (Gram matrix and its diagonal's square root as norms).
-    """
-
-    needs: ClassVar[Literal["none", "norms", "gram"]] = "gram"
-
-    @abstractmethod
-    def coefficients(self, stats: GradStats, present: Tensor, state: Any, info: StepInfo) -> Coefficients:
-        """Pure and batched: the [R, T] coefficients (0 for absent tasks), the new state and extras."""
-
-    def __call__(self, grads: Tensor, present: Tensor, state: Any, info: StepInfo) -> Aggregation:
-        check_inputs(grads, present)
+    def aggregate(self, grads: TaskGrads, state: State, info: StepInfo) -> Aggregation:
+        """The update of every touched row; see the module docstring."""
         with torch.no_grad():
-            grads = grads.detach()
-            dtype = compute_dtype(grads.dtype)
-            if self.needs == "gram":
-                gram = row_gram(grads, present)
-                norms = torch.diagonal(gram, dim1=1, dim2=2).clamp(min=0.0).sqrt()
-                stats = GradStats(dtype=dtype, norms=norms, gram=gram)
-            elif self.needs == "norms":
-                stats = GradStats(dtype=dtype, norms=row_norms(grads, present))
+            if self.identity_on_single_task and grads.mode == "row":
+                meet = (grads.present.sum(1) > 1).nonzero().squeeze(1)  # rows where tasks meet [M]
+                out = self.weigh(grads.select(meet), state, info.select(meet))
+                _check_weights(self.name, out, (meet.numel(), grads.n_tasks))
+                ones = grads.present.to(out.coefficients.dtype)
+                coefficients = ones.index_copy(0, meet, out.coefficients)
+                logged = ones.index_copy(0, meet, _logged(out).to(ones.dtype))
             else:
-                stats = GradStats(dtype=dtype)
-            out = self.coefficients(stats, present, state, info)
-            update = combine(out.weights, grads)
-        return Aggregation(update=update, weights=out.weights, state=out.state, extras=dict(out.extras))
+                out = self.weigh(grads, state, info)
+                _check_weights(self.name, out, tuple(grads.present.shape))
+                coefficients, logged = out.coefficients, _logged(out)
+            return Aggregation(grads.combine(coefficients), coefficients, logged, out.state)
+
+    def __call__(self, grads: Tensor, present: Tensor, state: State, info: StepInfo) -> Aggregation:
+        """Aggregate a dense ``grads`` [R, T, D] with mask ``present`` [R, T] (bool), rows as given (for
+        global mode, pass the flattened [1, T, R·D]); values at absent tasks are never read."""
+        return self.aggregate(TaskGrads.from_dense(grads, present), state, info)
 
 
-def check_inputs(grads: Tensor, present: Tensor) -> None:
-    """Shape / dtype checks on the arguments (programming errors: ValueError). No tensor values read."""
-    if grads.ndim != 3:
-        raise ValueError(f"grads must be [R, T, D], got shape {tuple(grads.shape)}")
-    if not grads.is_floating_point():
-        raise ValueError(f"grads must be floating point, got {grads.dtype}")
-    if present.dtype != torch.bool:
-        raise ValueError(f"present must be a bool tensor, got {present.dtype}")
-    if tuple(present.shape) != tuple(grads.shape[:2]):
-        raise ValueError(f"present must be [R, T] = {tuple(grads.shape[:2])}, got {tuple(present.shape)}")
-    if grads.shape[1] == 0:
-        raise ValueError("grads has no task (T = 0)")
+def _logged(out: Weights) -> Tensor:
+    return out.coefficients if out.task_weights is None else out.task_weights
 
 
-# --- hyper-parameter validation helpers (used in __post_init__) -------------------------------------
-
-
-def check_real(
-    owner: str, param: str, value: Any, *, low: float, high: float, low_open: bool = False
-) -> None:
-    """Require ``value`` to be a finite real in [low, high] (or (low, high] with ``low_open``)."""
-    where = f"{owner}: {param}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{where} must be a number, found {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ConfigError(f"{where} must be finite, found {value!r}")
-    bad_low = v <= low if low_open else v < low
-    if bad_low or v > high:
-        interval = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
-        raise ConfigError(f"{where} must be in {interval}, found {value!r}")
-
-
-def check_choice(owner: str, param: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Require ``value`` to be one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"{owner}: {param} must be one of {', '.join(choices)}; found {value!r}")
-
-
-def check_index(owner: str, param: str, value: Any) -> None:
-    """Require ``value`` to be a non-negative int."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"{owner}: {param} must be a non-negative integer, found {value!r}")
+def _check_weights(name: str, out: Weights, shape: tuple[int, int]) -> None:
+    if tuple(out.coefficients.shape) != shape:
+        raise ValueError(
+            f"{name}: weigh() returned coefficients {tuple(out.coefficients.shape)}, not {shape}"
+        )
 
 
 def check_main_task(owner: str, main_task: int, n_tasks: int) -> None:
@@ -187,3 +266,19 @@ def check_main_task(owner: str, main_task: int, n_tasks: int) -> None:
 def main_task_mask(main_task: int, n_tasks: int, device: torch.device) -> Tensor:
     """[T] bool one-hot of the main task."""
     return torch.arange(n_tasks, device=device) == main_task
+
+
+__all__ = [
+    "MODES",
+    "Aggregation",
+    "Aggregator",
+    "OptionInfo",
+    "State",
+    "StepInfo",
+    "TaskGrads",
+    "Weights",
+    "check_main_task",
+    "main_task_mask",
+    "method_options",
+    "option",
+]

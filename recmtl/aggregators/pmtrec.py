@@ -23,35 +23,32 @@ For a row r with active (present) tasks A, task gradients G_t = G[r, t], norms n
      A row touched only by the main task keeps exactly its gradient (c_0 = 1).
    - ``"raw"``: ``c_t = w_t``.
 
-Only the norms are needed (one pass over the gradients), never the Gram matrix; the coefficient math runs
-on [R, T] tensors in float32 (float64 for float64 gradients), then one batched weighted sum.
-Supports both modes (per-row is the paper's; global mode = R = 1).
+Only the norms are needed, never the Gram matrix; the coefficient math runs on [R, T] tensors in float32
+(float64 for float64 gradients). Per-row mode is the paper's; global mode (R = 1) is offered for comparison.
+The logged task weights are the softmax weights w (not the coefficients c).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from recmtl.aggregators._math import masked_softmax, safe_div
 from recmtl.aggregators.base import (
-    Coefficients,
-    GradStats,
+    Aggregator,
+    State,
     StepInfo,
-    WeightedAggregator,
-    check_choice,
-    check_index,
+    TaskGrads,
+    Weights,
     check_main_task,
-    check_real,
     main_task_mask,
+    option,
 )
 
-ALPHA_RANGE = (1.0, 10.0)  # α ≥ 1 (α < 1 would de-focus the main task); spec grid 1.0–1.5
-TAU_RANGE = (0.0, 100.0)  # τ in (0, 100]; spec grid 0.1–10
 COMBINE = ("unit", "raw")
 FOCUS = ("norm", "logit")
 
@@ -102,48 +99,41 @@ def pmtrec_coefficients(w: Tensor, norms: Tensor, combine: str = "unit") -> Tens
 
 
 @dataclass(frozen=True)
-class PMTRec(WeightedAggregator):
-    """PMTRec aggregation (see module docstring).
+class PMTRec(Aggregator):
+    """PMTRec aggregation (see the module docstring)."""
 
-    alpha: focusing base α ∈ [1, 10] (default 1.1; 1.0 disables focusing).
-    tau: softmax temperature τ ∈ (0, 100] (default 1.0; large τ → uniform weights).
-    combine: "unit" (default) or "raw" [reading].
-    focus: "norm" (default) or "logit" [reading].
-    main_task: index of the main task (default 0).
-    """
-
-    alpha: float = 1.1
-    tau: float = 1.0
-    combine: str = "unit"
-    focus: str = "norm"
-    main_task: int = 0
+    alpha: float = option(
+        1.1, low=1.0, high=10.0, help="Task Focusing base α: main norm × α^epoch (1 disables; grid 1.0-1.5)"
+    )
+    tau: float = option(
+        1.0, low=0.0, high=100.0, low_open=True, help="softmax temperature τ (large: uniform; grid 0.1-10)"
+    )
+    combine: str = option("unit", choices=COMBINE, help="[reading] unit directions × weighted norm, or raw")
+    focus: str = option("norm", choices=FOCUS, help="[reading] boost the main task's norm, or its logit")
+    main_task: int = option(0, low=0, help="index of the main task among the tasks (0: rec)")
 
     name: ClassVar[str] = "pmtrec"
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
-    needs: ClassVar[str] = "norms"
+    paper_modes: ClassVar[frozenset[str]] = frozenset({"row"})
+    paper: ClassVar[str] = (
+        "Yang et al., Personalized Multi-task Training for Recommender System, IEEE BigData 2024 "
+        "(arXiv:2407.21364)"
+    )
     # one present task: w = softmax over one = 1 and c = w · (w n) / n = 1 (unit) or w = 1 (raw)
     identity_on_single_task: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        check_real(self.name, "alpha", self.alpha, low=ALPHA_RANGE[0], high=ALPHA_RANGE[1])
-        check_real(self.name, "tau", self.tau, low=TAU_RANGE[0], high=TAU_RANGE[1], low_open=True)
-        check_choice(self.name, "combine", self.combine, COMBINE)
-        check_choice(self.name, "focus", self.focus, FOCUS)
-        check_index(self.name, "main_task", self.main_task)
-
-    def coefficients(self, stats: GradStats, present: Tensor, state: Any, info: StepInfo) -> Coefficients:
-        check_main_task(self.name, self.main_task, present.shape[1])
+    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+        check_main_task(self.name, self.main_task, grads.n_tasks)
         if info.epoch < 0:
             raise ValueError(f"pmtrec: StepInfo.epoch must be >= 0, got {info.epoch}")
-        assert stats.norms is not None
+        norms = grads.norms()
         w = pmtrec_task_weights(
-            stats.norms,
-            present,
+            norms,
+            grads.present,
             info.epoch,
             alpha=float(self.alpha),
             tau=float(self.tau),
             focus=self.focus,
             main_task=self.main_task,
         )
-        c = pmtrec_coefficients(w, stats.norms, self.combine)
-        return Coefficients(weights=c, state=state, extras={"task_weights": w})
+        return Weights(pmtrec_coefficients(w, norms, self.combine), state, task_weights=w)

@@ -8,49 +8,41 @@ Oracle: ``torchjd.aggregation.Constant`` with a one-hot weight vector.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from recmtl.aggregators._math import compute_dtype
 from recmtl.aggregators.base import (
-    Coefficients,
-    GradStats,
+    Aggregator,
+    State,
     StepInfo,
-    WeightedAggregator,
-    check_index,
+    TaskGrads,
+    Weights,
     check_main_task,
     main_task_mask,
+    option,
 )
 
 
-def single_coefficients(present: Tensor, main_task: int, dtype: torch.dtype) -> Tensor:
-    """[R, T] bool → [R, T] coefficients: 1 for the main task where present, 0 elsewhere."""
-    onehot = main_task_mask(main_task, present.shape[1], present.device)
-    return (present & onehot).to(dtype)
-
-
 @dataclass(frozen=True)
-class Single(WeightedAggregator):
-    """Main task only.
+class Single(Aggregator):
+    """Main task only."""
 
-    main_task: index of the main task among the T tasks (default 0, the ``rec`` task).
-    """
-
-    main_task: int = 0
+    main_task: int = option(0, low=0, help="index of the main task among the tasks (0: rec)")
 
     name: ClassVar[str] = "single"
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
+    paper_modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})  # the same update either way
+    paper: ClassVar[str] = "single-task training on the main task, the no-auxiliary baseline"
     fixed_weights: ClassVar[bool] = True
-    needs: ClassVar[str] = "none"
-
-    def __post_init__(self) -> None:
-        check_index(self.name, "main_task", self.main_task)
 
     def fixed_task_weights(self, n_tasks: int) -> Tensor:
         check_main_task(self.name, self.main_task, n_tasks)
         return main_task_mask(self.main_task, n_tasks, torch.device("cpu")).to(torch.float32)
 
-    def coefficients(self, stats: GradStats, present: Tensor, state: Any, info: StepInfo) -> Coefficients:
-        check_main_task(self.name, self.main_task, present.shape[1])
-        return Coefficients(weights=single_coefficients(present, self.main_task, stats.dtype), state=state)
+    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+        check_main_task(self.name, self.main_task, grads.n_tasks)
+        onehot = main_task_mask(self.main_task, grads.n_tasks, grads.present.device)
+        return Weights((grads.present & onehot).to(compute_dtype(grads.values.dtype)), state)

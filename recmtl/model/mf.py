@@ -55,6 +55,11 @@ class MFModel:
         return {"user": 0, "item": self.n_users}
 
     @property
+    def table_rows(self) -> dict[str, range]:
+        """The rows of each table inside ``weight``: "user" -> range(0, U), "item" -> range(U, U + I)."""
+        return {"user": range(0, self.n_users), "item": range(self.n_users, self.weight.shape[0])}
+
+    @property
     def tables(self) -> dict[str, Tensor]:
         """Views: "user" -> [n_users, D], "item" -> [n_items, D]."""
         return {"user": self.weight[: self.n_users], "item": self.weight[self.n_users :]}

@@ -7,7 +7,6 @@ exactly the batches the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import platform
 import time
@@ -18,9 +17,8 @@ from typing import Any, Protocol
 import torch
 
 import recmtl
-from recmtl.aggregators import AGGREGATORS, make_aggregator
-from recmtl.aggregators.base import Aggregator, StepInfo
-from recmtl.config import TrainConfig, to_jsonable
+from recmtl.aggregators import State
+from recmtl.config import TrainConfig, flag, to_jsonable
 from recmtl.data.store import PreparedDataset, open_dataset
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
@@ -119,6 +117,11 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
     """What config.json records: every resolved option, the data identity, versions and device."""
     return {
         "config": to_jsonable(config),
+        "method": {
+            "name": config.method.name,
+            "mode": config.mode,
+            "variant": config.method.label(config.mode),
+        },
         "data": {"path": str(dataset.root), "name": dataset.manifest.get("name"), "hash": dataset.data_hash},
         "versions": package_versions(),
         "device": str(device),
@@ -127,18 +130,32 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
 
 
 def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume with an option (or a method option) other than the one the run was started with."""
+
     def shown(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
-    for key in sorted(set(saved) | set(new)):
-        if key in ("device",):
-            continue
-        if saved.get(key) != new.get(key):
-            flag = "--" + key.replace("_", "-")
-            raise RecmtlError(
-                f"--resume {run_dir}: option {flag} is {shown(new.get(key))} but the run was started with "
-                f"{shown(saved.get(key))} (start a new run to change it)"
-            )
+    def differences() -> list[tuple[str, Any, Any]]:
+        found = []
+        for key in sorted(set(saved) | set(new)):
+            old, now = saved.get(key), new.get(key)
+            if key == "device" or old == now:
+                continue
+            if key == "method" and isinstance(old, dict) and isinstance(now, dict):
+                if old.get("name") != now.get("name"):
+                    found.append(("--method", old.get("name"), now.get("name")))
+                for opt in sorted(set(old) - {"name"}):
+                    if old.get(opt) != now.get(opt):
+                        found.append((f"--method-opt {opt}", old.get(opt), now.get(opt)))
+            else:
+                found.append((flag(key), old, now))
+        return found
+
+    for option, old, now in differences()[:1]:
+        raise RecmtlError(
+            f"--resume {run_dir}: option {option} is {shown(now)} but the run was started with "
+            f"{shown(old)} (start a new run to change it)"
+        )
 
 
 def fit(
@@ -162,15 +179,15 @@ def fit(
     data = TrainData.load(dataset, device)
     model, plan = build_training(config, data, device)  # fails on a missing table before any training
     loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
+    agg_state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0])
     if resume and (run_dir / LAST).is_file():
-        loop = _restore(run_dir, model, plan)
+        loop, agg_state = _restore(run_dir, model, plan, agg_state)
     elif not resume:  # (a run interrupted before its first epoch ended has nothing to restore)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, meta)
 
     valid = split_targets(data, "valid")
     generator = torch.Generator(device=device)
-    agg_state = plan.aggregator.init_state(plan.n_tasks)
     stopped_early = False
     for epoch in range(loop["epoch"] + 1, config.epochs):
         start = time.perf_counter()
@@ -199,7 +216,7 @@ def fit(
         if improved:
             best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
             save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
-        _save_last(run_dir, model, plan, loop)
+        _save_last(run_dir, model, plan, loop, agg_state)
         write_metrics(run_dir, loop["history"])
         callbacks.on_epoch_end(record)
         if loop["bad_evals"] >= config.patience:
@@ -216,8 +233,6 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
         init_std=config.init_std,
     )
     tasks = build_tasks(config.aux, data, options)
-    params = {"alpha": config.alpha, "tau": config.tau, "combine": config.combine, "focus": config.focus}
-    aggregator = _make_aggregator(config.method, params, config.mode)
     init_gen = torch.Generator().manual_seed(config.seed)
     model = MFModel.create(data.n_users, data.n_items, config.dim, config.init, config.init_std, config.seed)
     for task in tasks:
@@ -228,14 +243,15 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
     model.weight = row_adam.param  # the optimiser owns the storage; the model sees its value view
     plan = StepPlan(
         tasks=tasks,
-        aggregator=aggregator,
+        aggregator=config.method,
         mode=config.mode,
-        fixed_weights=aggregator.fixed_task_weights(len(tasks)),
+        fixed_weights=config.method.fixed_task_weights(len(tasks)),
         private_optimizer=private_opt,
         row_adam=row_adam,
         workspace=RowWorkspace(model.weight.shape[0], device),
         row_groups=row_groups(data, device),
         n_groups=len(ROW_GROUPS),
+        tables=model.table_rows,
     )
     return model, plan
 
@@ -247,9 +263,9 @@ def run_epoch(
     config: TrainConfig,
     epoch: int,
     generator: torch.Generator,
-    agg_state: Any,
+    agg_state: State,
     callbacks: Callbacks,
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[dict[str, Any], State]:
     """One pass over the shuffled training pairs. Returns the epoch's record (mean loss and mean logged
     weight per task and per user-activity group; an ``error`` entry if a loss became NaN or inf) and the
     aggregator state."""
@@ -264,8 +280,7 @@ def run_epoch(
     first_bad = torch.full((n_tasks,), -1, dtype=torch.long, device=device)  # no sync inside the loop
     for step in range(n_steps):
         idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-        info = StepInfo(epoch=epoch, step=step, generator=generator)
-        out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, info, agg_state)
+        out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, epoch, step, agg_state)
         agg_state = out.state
         loss_sum += out.losses
         weight_sum += out.weight_sum
@@ -312,24 +327,19 @@ def validate(model: MFModel, valid: tuple, config: TrainConfig, device: torch.de
     return result.mean()
 
 
-def _make_aggregator(method: str, params: dict[str, Any], mode: str) -> Aggregator:
-    """The method's aggregator, given the hyper-parameters among ``params`` its class declares."""
-    cls = AGGREGATORS.get(method)
-    accepted = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
-    aggregator = make_aggregator(method, **{k: v for k, v in params.items() if k in accepted})
-    if mode not in aggregator.modes:
-        supported = ", ".join(sorted(aggregator.modes))
-        raise RecmtlError(f"--method {method} does not support --mode {mode} (supports: {supported})")
-    return aggregator
+#: Prefix of the aggregator's state tensors in last.safetensors.
+AGG_STATE = "aggregator."
 
 
-def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, loop: dict[str, Any]) -> None:
-    """One atomic file with everything a resume needs: model, both optimisers' state, the loop state.
+def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, loop: dict[str, Any], agg_state: State) -> None:
+    """One atomic file with everything a resume needs: model, both optimisers' state, the aggregator's
+    state, the loop state.
 
     (The sampling generator needs no saving: it is re-seeded from (seed, epoch) at every epoch start.)
     """
     tensors = dict(model.state_tensors())
     tensors["adam.exp_avg"], tensors["adam.exp_avg_sq"] = plan.row_adam.exp_avg, plan.row_adam.exp_avg_sq
+    tensors |= {AGG_STATE + name: value for name, value in agg_state.items()}
     opt_meta: dict[str, Any] = {"row_adam_steps": plan.row_adam.steps, "private_adam_steps": {}}
     if plan.private_optimizer is not None:
         params = plan.private_optimizer.param_groups[0]["params"]
@@ -347,10 +357,18 @@ def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, loop: dict[str, An
     save_tensors(run_dir / LAST, tensors, meta)
 
 
-def _restore(run_dir: Path, model: MFModel, plan: StepPlan) -> dict[str, Any]:
-    """Load last.safetensors into ``model`` and ``plan``'s optimisers in place; return the loop state."""
+def _restore(run_dir: Path, model: MFModel, plan: StepPlan, agg_state: State) -> tuple[dict[str, Any], State]:
+    """Load last.safetensors into ``model`` and ``plan``'s optimisers in place; return the loop state and
+    the aggregator's state (``agg_state``, its initial state, gives the names and shapes expected)."""
     tensors, meta = load_tensors(run_dir / LAST)
     device = model.weight.device
+    saved = {k.removeprefix(AGG_STATE): v for k, v in tensors.items() if k.startswith(AGG_STATE)}
+    expected = {name: tuple(value.shape) for name, value in agg_state.items()}
+    if {name: tuple(value.shape) for name, value in saved.items()} != expected:
+        raise RecmtlError(
+            f"{run_dir / LAST}: the aggregator state saved there ({', '.join(sorted(saved)) or 'none'}) "
+            f"is not what {plan.aggregator.name} keeps ({', '.join(sorted(expected)) or 'none'})"
+        )
     with torch.no_grad():
         for name, table in model.tables.items():
             table.copy_(tensors[f"table.{name}"].to(device))
@@ -369,4 +387,4 @@ def _restore(run_dir: Path, model: MFModel, plan: StepPlan) -> dict[str, Any]:
                     "exp_avg": tensors[f"private_adam.exp_avg.{name}"].to(device),
                     "exp_avg_sq": tensors[f"private_adam.exp_avg_sq.{name}"].to(device),
                 }
-    return meta["loop"]
+    return meta["loop"], {name: saved[name].to(device) for name in agg_state}

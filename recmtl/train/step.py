@@ -1,36 +1,29 @@
 """One training step, top to bottom (METHODS.md §3):
 
-1. every task samples its batch and names the user / item rows it touches;
+1. every active task samples its batch and names the user / item rows it touches;
 2. each task's rows are gathered from the shared storage as one leaf, the losses computed and summed, and a
    single backward gives every task's gradient on its own rows (plus the private parameters' gradients);
-3. the touched rows are de-duplicated and each task's gradients summed per (row, task) — duplicates summed
-   *before* aggregation — with the presence mask ``P[R, T]``;
-4. the aggregator maps (G[R, T, D], P) to the update [R, D] — per row, or globally with all rows flattened;
+3. the touched rows are de-duplicated: :class:`~recmtl.aggregators.TaskGrads` holds every gathered
+   (row, task) gradient, to be summed per (row, task) *before* aggregation, and the presence mask P[R, T];
+4. the aggregator turns them into the update [R, D] — per row, or globally with all rows flattened — or,
+   for a fixed-weight method (``ew``, ``single``), the losses were already weighted and the update is the
+   plain sum (tasks of weight 0 are never sampled): the cost of an ordinary summed backward;
 5. row-sparse Adam on the shared rows, dense Adam on the task-private parameters.
 
-Three execution paths, chosen from what the aggregator declares (never from its name), all computing the
-same update:
-
-* fixed weights (``ew``, ``single``): the weighted losses are summed and the gradients scattered straight
-  into [R, D] (tasks with weight 0 are never sampled) — the cost of an ordinary summed backward;
-* norm-based weights (``WeightedAggregator`` with ``needs`` "none" or "norms", e.g. ``pmtrec``): the step
-  stays on the compact (row, task) *slots* actually present (on real data most rows carry one or two of the
-  T tasks, so dense G would be mostly zeros): per-slot sums give the norms, the aggregator's pure
-  ``coefficients`` give c [R, T], and one scaled scatter of the gathered gradients gives Σ_t c_t G_t;
-* anything else: the dense G [R, T, D] is built and the aggregator called on it.
+How the aggregation is computed (which rows, which statistics, compact or dense) is the aggregator's
+business (:meth:`recmtl.aggregators.Aggregator.aggregate`); the step never branches on a method.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from recmtl.aggregators._math import compute_dtype
-from recmtl.aggregators.base import Aggregator, GradStats, StepInfo, WeightedAggregator
+from recmtl.aggregators import Aggregator, State, StepInfo, TaskGrads
 from recmtl.model.mf import MFModel
 from recmtl.tasks.base import Task
 from recmtl.train.row_adam import RowAdam
@@ -70,10 +63,15 @@ class StepPlan:
     workspace: RowWorkspace
     row_groups: Tensor  # [N] group id of every storage row (e.g. user-activity buckets) for weight logging
     n_groups: int = 1
+    tables: Mapping[str, range] | None = None  # storage rows of each table (None: unknown)
 
     @property
     def n_tasks(self) -> int:
         return len(self.tasks)
+
+    @functools.cached_property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(task.name for task in self.tasks)
 
     @functools.cached_property
     def active_tasks(self) -> list[int]:
@@ -86,10 +84,9 @@ class StepPlan:
 @dataclass
 class StepOutput:
     losses: Tensor  # [T] detached task losses (0 for skipped tasks)
-    weight_sum: Tensor  # [G, T] per row group: sum over touched rows of each task's logged weight
+    weight_sum: Tensor  # [G, T] per row group: sum over touched rows of each task's logged weight (NaN: none)
     weight_count: Tensor  # [G, T] per row group: number of touched rows where the task was present
-    state: Any = None
-    extras: dict[str, Tensor] = field(default_factory=dict)
+    state: State
 
 
 def _private_of(model: MFModel, task: Task) -> dict[str, Tensor]:
@@ -103,23 +100,23 @@ def train_step(
     rec_users: Tensor,
     rec_items: Tensor,
     generator: torch.Generator,
-    info: StepInfo,
-    state: Any,
+    epoch: int,
+    step: int,
+    state: State,
 ) -> StepOutput:
-    """Run one step on the rec batch (``rec_users``, ``rec_items`` [B]); update ``model`` in place."""
-    n_tasks = plan.n_tasks
+    """Run step ``step`` of epoch ``epoch`` on the rec batch (``rec_users``, ``rec_items`` [B]); update
+    ``model`` in place and return the losses, the logged weights and the aggregator's new ``state``."""
     device = rec_users.device
-    offsets = model.offsets
 
     # 1-2. sample; gather one leaf per task over all its rows; one backward of the summed losses
-    gathered: list[tuple[int, Tensor, Tensor]] = []  # (task index, global row ids [n], leaf [n, D])
-    losses = torch.zeros(n_tasks, device=device)
+    gathered: list[tuple[int, Tensor, Tensor]] = []  # (task index, storage row ids [n], leaf [n, D])
+    losses = torch.zeros(plan.n_tasks, device=device)
     total = torch.zeros((), device=device)
     for t in plan.active_tasks:
         task = plan.tasks[t]
         batch = task.sample(generator, rec_users, rec_items)
         names = list(batch.ids)
-        ids = torch.cat([batch.ids[n] + offsets[n] for n in names])
+        ids = torch.cat([batch.ids[n] + model.offsets[n] for n in names])
         leaf = model.weight.index_select(0, ids).requires_grad_(True)
         rows = dict(zip(names, torch.split(leaf, [batch.ids[n].numel() for n in names]), strict=True))
         loss = task.loss(rows, batch, _private_of(model, task))
@@ -130,163 +127,45 @@ def train_step(
         plan.private_optimizer.zero_grad(set_to_none=True)
     total.backward()
 
-    # 3-5. unique rows, per-task gradients, aggregation, row update
+    # 3-5. unique rows and their task gradients, aggregation, row update
     with torch.no_grad():
-        sc = scatter_rows(gathered, n_tasks, plan.workspace)
-        extras: dict[str, Tensor] = {}
+        rows, grads = scatter_rows(gathered, plan.n_tasks, plan.workspace, plan.mode)
         if plan.fixed_weights is not None:
-            update, logged = sc.summed(), plan.fixed_weights.to(device).unsqueeze(0)
-        elif uses_slots(plan.aggregator):
-            update, state, logged, _ = aggregate_slots(plan.aggregator, plan.mode, sc, info, state)
+            update, logged = grads.summed(), plan.fixed_weights.to(device).unsqueeze(0)
         else:
-            update, state, logged, extras = aggregate(plan, sc.dense(n_tasks), sc.present, info, state)
-        group = plan.row_groups.index_select(0, sc.rows)  # [R]
-        n_groups = plan.n_groups
-        present = sc.present.to(torch.float32)
-        weight_count = present.new_zeros(n_groups, n_tasks).index_add_(0, group, present)
-        weight_sum = present.new_zeros(n_groups, n_tasks)
-        if logged is not None:
-            weight_sum.index_add_(0, group, logged.expand(sc.present.shape).to(torch.float32) * present)
-        plan.row_adam.step(sc.rows, update)
+            info = StepInfo(
+                epoch, step, plan.mode, plan.task_names, losses, rows, plan.tables or {}, generator
+            )
+            out = plan.aggregator.aggregate(grads, state, info)
+            update, logged, state = out.update, out.logged_weights, out.state
+        weight_sum, weight_count = group_weights(plan, rows, grads.row_present, logged)
+        plan.row_adam.step(rows, update)
     if plan.private_optimizer is not None:
         plan.private_optimizer.step()
-    return StepOutput(losses, weight_sum, weight_count, state, extras)
-
-
-@dataclass
-class Scattered:
-    """The gathered gradients of one step, de-duplicated.
-
-    rows [R] unique row ids (sorted); inverse [n] position in ``rows`` of every gathered entry; task [n] its
-    task; grads [n, D] its gradient; slots [S] the present (row, task) pairs as ``position * T + task``
-    (sorted); slot_of [n] each entry's index into ``slots``; present [R, T].
-    """
-
-    rows: Tensor
-    inverse: Tensor
-    task: Tensor
-    grads: Tensor
-    slots: Tensor
-    slot_of: Tensor
-    present: Tensor
-
-    def summed(self) -> Tensor:
-        """Σ_t G[r, t]: [R, D]."""
-        return self.grads.new_zeros(self.rows.numel(), self.grads.shape[1]).index_add_(
-            0, self.inverse, self.grads
-        )
-
-    def per_slot(self) -> Tensor:
-        """G at the present slots: [S, D]."""
-        return self.grads.new_zeros(self.slots.numel(), self.grads.shape[1]).index_add_(
-            0, self.slot_of, self.grads
-        )
-
-    def dense(self, n_tasks: int) -> Tensor:
-        """G [R, T, D], zeros at absent (row, task) pairs."""
-        dim = self.grads.shape[1]
-        g = self.grads.new_zeros(self.rows.numel() * n_tasks, dim)
-        g.index_copy_(0, self.slots, self.per_slot())
-        return g.view(self.rows.numel(), n_tasks, dim)
+    return StepOutput(losses, weight_sum, weight_count, state)
 
 
 def scatter_rows(
-    gathered: list[tuple[int, Tensor, Tensor]], n_tasks: int, workspace: RowWorkspace
-) -> Scattered:
-    """De-duplicate the rows of ``gathered`` (task index, global row ids [n_t], leaf with .grad [n_t, D])."""
+    gathered: list[tuple[int, Tensor, Tensor]], n_tasks: int, workspace: RowWorkspace, mode: str = "row"
+) -> tuple[Tensor, TaskGrads]:
+    """The unique storage rows [R] (sorted) of ``gathered`` (task index, storage row ids [n_t], leaf with
+    ``.grad`` [n_t, D]) and their task gradients, one entry per gathered row."""
     ids = torch.cat([ids for _, ids, _ in gathered])
-    grads = torch.cat([leaf.grad for _, _, leaf in gathered])
-    task = torch.cat([torch.full_like(ids, t) for t, ids, _ in gathered])
-    rows, inverse = workspace.unique(ids)
-    key = inverse * n_tasks + task
-    mark = torch.zeros(rows.numel() * n_tasks, dtype=torch.bool, device=ids.device)
-    mark[key] = True
-    slots = mark.nonzero().squeeze(1)
-    position = torch.empty(mark.numel(), dtype=torch.long, device=ids.device)
-    position[slots] = torch.arange(slots.numel(), device=ids.device)
-    return Scattered(rows, inverse, task, grads, slots, position[key], mark.view(rows.numel(), n_tasks))
+    values = torch.cat([leaf.grad for _, _, leaf in gathered])
+    task_of = torch.cat([torch.full_like(ids, t) for t, ids, _ in gathered])
+    rows, row_of = workspace.unique(ids)
+    return rows, TaskGrads.from_entries(values, row_of, task_of, rows.numel(), n_tasks, mode)
 
 
-def uses_slots(aggregator: Aggregator) -> bool:
-    """Whether the aggregator's coefficients need at most the per-task norms (the compact slot path)."""
-    return isinstance(aggregator, WeightedAggregator) and aggregator.needs in ("none", "norms")
-
-
-def aggregate_slots(
-    aggregator: WeightedAggregator, mode: str, sc: Scattered, info: StepInfo, state: Any
-) -> tuple[Tensor, Any, Tensor, Tensor]:
-    """Norm-based aggregation on the present slots; returns the update [R, D], the new state, the logged
-    weights [R or 1, T] and the coefficients c [R or 1, T].
-
-    In row mode, for an aggregator that is the identity on single-task rows, the norms and the coefficient
-    math are computed only for the rows where at least two tasks meet (on real data a small minority);
-    the other rows get c = 1.
-    """
-    n_rows, n_tasks = sc.present.shape
-    dtype = compute_dtype(sc.grads.dtype)
-    if mode == "global":
-        norms = None
-        if aggregator.needs == "norms":  # the norm of a task's flattened gradient over all its rows
-            slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)
-            squares = slot_norms.new_zeros(n_tasks).index_add_(0, sc.slots % n_tasks, slot_norms.square())
-            norms = squares.sqrt().unsqueeze(0)
-        out = aggregator.coefficients(GradStats(dtype, norms), sc.present.any(0, keepdim=True), state, info)
-        coefficients = out.weights
-    elif aggregator.identity_on_single_task:
-        is_multi = sc.present.sum(1) > 1  # [R]
-        multi = is_multi.nonzero().squeeze(1)  # [M]
-        present = sc.present.index_select(0, multi)
-        norms = None
-        if aggregator.needs == "norms":
-            entries = is_multi.index_select(0, sc.inverse).nonzero().squeeze(1)  # entries of those rows
-            position = torch.empty(n_rows, dtype=torch.long, device=multi.device)
-            position[multi] = torch.arange(multi.numel(), device=multi.device)
-            key = position[sc.inverse[entries]] * n_tasks + sc.task[entries]
-            sums = sc.grads.new_zeros(multi.numel() * n_tasks, sc.grads.shape[1])
-            sums.index_add_(0, key, sc.grads.index_select(0, entries))  # G at the [M, T] slots
-            norms = torch.linalg.vector_norm(sums, dim=1, dtype=dtype).view(-1, n_tasks)
-        out = aggregator.coefficients(GradStats(dtype, norms), present, state, info)
-        coefficients = sc.present.to(dtype).index_copy_(0, multi, out.weights.to(dtype))
-        logged = sc.present.to(dtype).index_copy_(
-            0, multi, out.extras.get("task_weights", out.weights).to(dtype)
-        )
-        return _combine_entries(sc, coefficients, mode), out.state, logged, coefficients
-    else:
-        norms = None
-        if aggregator.needs == "norms":
-            slot_norms = torch.linalg.vector_norm(sc.per_slot(), dim=1, dtype=dtype)
-            norms = slot_norms.new_zeros(n_rows * n_tasks).index_copy_(0, sc.slots, slot_norms)
-            norms = norms.view(n_rows, n_tasks)
-        out = aggregator.coefficients(GradStats(dtype, norms), sc.present, state, info)
-        coefficients = out.weights
-    logged = out.extras.get("task_weights", out.weights)
-    return _combine_entries(sc, coefficients, mode), out.state, logged, coefficients
-
-
-def _combine_entries(sc: Scattered, coefficients: Tensor, mode: str) -> Tensor:
-    """update [R, D] = Σ over gathered entries of c[row, task] · grad: one scaled scatter."""
-    n_tasks = sc.present.shape[1]
-    finfo = torch.finfo(sc.grads.dtype)
-    c = coefficients.clamp(min=finfo.min, max=finfo.max).to(sc.grads.dtype)
-    per_entry = c.reshape(-1)[sc.inverse * n_tasks + sc.task] if mode == "row" else c[0, sc.task]
-    scaled = sc.grads * per_entry[:, None]
-    return sc.grads.new_zeros(sc.rows.numel(), sc.grads.shape[1]).index_add_(0, sc.inverse, scaled)
-
-
-def aggregate(
-    plan: StepPlan, grads: Tensor, present: Tensor, info: StepInfo, state: Any
-) -> tuple[Tensor, Any, Tensor | None, dict[str, Tensor]]:
-    """Call the aggregator on G [R, T, D] per row, or once on all rows flattened (global mode).
-
-    Returns the update [R, D], the new state, the weights to log ([R or 1, T]: the method's reported task
-    weights, else its coefficients, else None) and the extras.
-    """
-    n_rows, n_tasks, dim = grads.shape
-    if plan.mode == "global":
-        flat = grads.transpose(0, 1).reshape(1, n_tasks, n_rows * dim)
-        out = plan.aggregator(flat, present.any(0, keepdim=True), state, info)
-        update = out.update.reshape(n_rows, dim)
-    else:
-        out = plan.aggregator(grads, present, state, info)
-        update = out.update
-    return update, out.state, out.extras.get("task_weights", out.weights), out.extras
+def group_weights(
+    plan: StepPlan, rows: Tensor, present: Tensor, logged: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Per row group [G, T]: the sum of each task's logged weight over the touched rows where it is present
+    (NaN when the method logs none), and the number of those rows. ``logged`` [R or 1, T]."""
+    group = plan.row_groups.index_select(0, rows)  # [R]
+    mask = present.to(torch.float32)
+    weight_count = mask.new_zeros(plan.n_groups, plan.n_tasks).index_add_(0, group, mask)
+    if logged is None:
+        return torch.full_like(weight_count, float("nan")), weight_count
+    weighted = logged.to(torch.float32).expand(present.shape) * mask
+    return mask.new_zeros(plan.n_groups, plan.n_tasks).index_add_(0, group, weighted), weight_count

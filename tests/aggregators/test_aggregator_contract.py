@@ -23,7 +23,7 @@ def info(epoch: int = 3) -> StepInfo:
 
 
 def run(agg, grads, present, epoch: int = 3) -> Aggregation:
-    return agg(grads, present, agg.init_state(grads.shape[1]), info(epoch))
+    return agg(grads, present, agg.init_state(grads.shape[1], grads.shape[0]), info(epoch))
 
 
 def close(a: torch.Tensor, b: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -53,20 +53,20 @@ def test_shapes_dtypes_and_finite(aggregator, mode):
     assert out.update.shape == (R, D)
     assert out.update.dtype == grads.dtype
     assert torch.isfinite(out.update).all()
-    if out.weights is not None:
-        assert out.weights.shape == (R, T)
-        assert torch.isfinite(out.weights).all()
-        assert (out.weights[~present] == 0).all(), "absent tasks must get coefficient 0"
-    for key, value in out.extras.items():
-        assert torch.isfinite(value).all(), key
+    if out.coefficients is not None:
+        assert out.coefficients.shape == (R, T)
+        assert torch.isfinite(out.coefficients).all()
+        assert (out.coefficients[~present] == 0).all(), "absent tasks must get coefficient 0"
+    if out.logged_weights is not None:
+        assert out.logged_weights.shape == (R, T) and torch.isfinite(out.logged_weights).all()
 
 
 def test_coefficients_reproduce_the_update(aggregator, mode):
     grads, present = random_case(mode, seed=1, dtype=torch.float64)
     out = run(aggregator, grads, present)
-    if out.weights is None:
+    if out.coefficients is None:
         pytest.skip("not linear")
-    close(out.update, torch.einsum("rt,rtd->rd", out.weights, grads), rtol=1e-10, atol=1e-12)
+    close(out.update, torch.einsum("rt,rtd->rd", out.coefficients, grads), rtol=1e-10, atol=1e-12)
 
 
 def test_rows_without_present_task_get_zero(aggregator):
@@ -75,7 +75,7 @@ def test_rows_without_present_task_get_zero(aggregator):
     grads[10:20] = 0.0
     out = run(aggregator, grads, present)
     assert (out.update[~present.any(1)] == 0).all()
-    assert out.weights is None or (out.weights[~present.any(1)] == 0).all()
+    assert out.coefficients is None or (out.coefficients[~present.any(1)] == 0).all()
 
 
 @pytest.mark.parametrize("what", ["all zero", "no task present", "present but zero"])
@@ -93,7 +93,7 @@ def test_degenerate_inputs_stay_finite(aggregator, mode, what):
     for epoch in (0, 10_000):
         out = run(aggregator, grads, present, epoch=epoch)
         assert torch.isfinite(out.update).all()
-        assert out.weights is None or torch.isfinite(out.weights).all()
+        assert out.coefficients is None or torch.isfinite(out.coefficients).all()
         if what != "present but zero":
             assert (out.update == 0).all()
 
@@ -105,8 +105,8 @@ def test_absent_tasks_are_ignored(aggregator, mode):
     assert not torch.equal(polluted, grads)
     a, b = run(aggregator, grads, present), run(aggregator, polluted, present)
     close(b.update, a.update, rtol=1e-6, atol=1e-7)
-    if a.weights is not None:
-        close(b.weights, a.weights, rtol=1e-6, atol=1e-7)
+    if a.coefficients is not None:
+        close(b.coefficients, a.coefficients, rtol=1e-6, atol=1e-7)
 
 
 def test_permuting_non_main_tasks_changes_nothing(aggregator, mode):
@@ -117,8 +117,8 @@ def test_permuting_non_main_tasks_changes_nothing(aggregator, mode):
     a = run(aggregator, grads, present)
     b = run(aggregator, grads[:, perm], present[:, perm])
     close(b.update, a.update)
-    if a.weights is not None:
-        close(b.weights, a.weights[:, perm])
+    if a.coefficients is not None:
+        close(b.coefficients, a.coefficients[:, perm])
 
 
 @pytest.mark.parametrize("k", [1e-3, 0.5, 7.0, 1e3])
@@ -138,17 +138,17 @@ def test_batched_equals_loop_over_rows(aggregator, mode):
     for r in range(grads.shape[0]):
         single = run(aggregator, grads[r : r + 1], present[r : r + 1])
         close(single.update[0], batched.update[r])
-        if batched.weights is not None:
-            close(single.weights[0], batched.weights[r])
+        if batched.coefficients is not None:
+            close(single.coefficients[0], batched.coefficients[r])
 
 
 def test_deterministic(aggregator, mode):
     grads, present = random_case(mode, seed=11)
     a, b = run(aggregator, grads, present), run(aggregator, grads.clone(), present.clone())
     assert torch.equal(a.update, b.update)
-    assert (a.weights is None) == (b.weights is None)
-    if a.weights is not None:
-        assert torch.equal(a.weights, b.weights)
+    assert (a.coefficients is None) == (b.coefficients is None)
+    if a.coefficients is not None:
+        assert torch.equal(a.coefficients, b.coefficients)
 
 
 def test_inputs_untouched_and_no_autograd_graph(aggregator, mode):
@@ -170,7 +170,7 @@ def test_fixed_weights_are_constant_zero_one(config, mode):
     out = run(aggregator, grads, present)
     fixed = aggregator.fixed_task_weights(grads.shape[1])
     assert fixed is not None and set(fixed.tolist()) <= {0.0, 1.0}
-    torch.testing.assert_close(out.weights, present.float() * fixed)
+    torch.testing.assert_close(out.coefficients, present.float() * fixed)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_fixed_weights_are_constant_zero_one(config, mode):
 )
 def test_malformed_inputs_raise(aggregator, grads, present):
     with pytest.raises(ValueError):
-        aggregator(grads, present, None, StepInfo())
+        aggregator(grads, present, {}, StepInfo())
 
 
 IDENTITY = [c for c in CONFIGS if make_aggregator(c[0], **c[1]).identity_on_single_task]
@@ -200,9 +200,9 @@ def test_identity_on_single_task_rows(config, epoch):
     present = torch.zeros(24, 3, dtype=torch.bool)
     present[torch.arange(24), torch.arange(24) % 3] = True  # exactly one task per row, each task in turn
     grads[5, 2] = 0.0  # a zero gradient too
-    out = aggregator(grads, present, aggregator.init_state(3), StepInfo(epoch=epoch))
+    out = aggregator(grads, present, aggregator.init_state(3, 24), StepInfo(epoch=epoch))
     torch.testing.assert_close(out.update, grads[present], rtol=1e-6, atol=1e-7)
-    logged = out.extras.get("task_weights", out.weights)
+    logged = out.logged_weights
     nonzero_rows = grads.norm(dim=2)[present] > 0
-    assert torch.equal(out.weights[present][nonzero_rows], torch.ones(int(nonzero_rows.sum())))
+    assert torch.equal(out.coefficients[present][nonzero_rows], torch.ones(int(nonzero_rows.sum())))
     assert torch.equal(logged[present], torch.ones(24))

@@ -1,11 +1,11 @@
-"""The pure helpers in recmtl.aggregators._math: masked softmax, safe division, norms, Gram, combination."""
+"""The pure helpers in recmtl.aggregators._math: masked softmax, safe division, norms, Gram, weighted sum."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from recmtl.aggregators._math import combine, compute_dtype, masked_softmax, row_gram, row_norms, safe_div
+from recmtl.aggregators._math import compute_dtype, gram, masked_softmax, norms, safe_div, weighted_scatter
 
 INF = float("inf")
 
@@ -44,17 +44,16 @@ def test_masked_softmax_edge_rows():
     assert torch.equal(out[3], torch.tensor([0.0, 0.5, 0.5]))  # masked +inf ignored
 
 
-def test_row_norms_and_gram():
+def test_norms_and_gram():
     gen = torch.Generator().manual_seed(1)
     grads = torch.randn(7, 3, 11, generator=gen, dtype=torch.float64)
     present = torch.rand(7, 3, generator=gen) < 0.5
-    norms = row_norms(grads, present)
-    torch.testing.assert_close(norms, grads.norm(dim=-1) * present)
-    gram = row_gram(grads, present)
-    explicit = torch.stack([g @ g.T for g in grads]) * (present.unsqueeze(2) & present.unsqueeze(1))
-    torch.testing.assert_close(gram, explicit)
-    assert torch.equal(gram, gram.transpose(1, 2))
-    torch.testing.assert_close(torch.diagonal(gram, dim1=1, dim2=2).sqrt(), norms)
+    torch.testing.assert_close(norms(grads), grads.norm(dim=-1))
+    g = gram(grads, present)
+    explicit = torch.stack([x @ x.T for x in grads]) * (present.unsqueeze(2) & present.unsqueeze(1))
+    torch.testing.assert_close(g, explicit)
+    assert torch.equal(g, g.transpose(1, 2))
+    torch.testing.assert_close(torch.diagonal(g, dim1=1, dim2=2).sqrt(), norms(grads) * present)
 
 
 @pytest.mark.parametrize(
@@ -69,22 +68,36 @@ def test_row_norms_and_gram():
 def test_statistics_run_in_at_least_float32(dtype, expected):
     assert compute_dtype(dtype) == expected
     grads = torch.full((2, 2, 300), 300.0, dtype=dtype)  # Σ x² = 2.7e7 overflows float16
-    assert row_norms(grads).dtype == expected
-    torch.testing.assert_close(row_norms(grads), torch.full((2, 2), 300.0 * 300**0.5, dtype=expected))
-    assert row_gram(grads).dtype == expected and torch.isfinite(row_gram(grads)).all()
+    assert norms(grads).dtype == expected
+    torch.testing.assert_close(norms(grads), torch.full((2, 2), 300.0 * 300**0.5, dtype=expected))
+    assert gram(grads).dtype == expected and torch.isfinite(gram(grads)).all()
 
 
-def test_combine_is_the_weighted_sum_in_grads_dtype():
+def test_weighted_scatter_is_the_weighted_sum_in_the_values_dtype():
     gen = torch.Generator().manual_seed(2)
-    grads = torch.randn(5, 3, 4, generator=gen)
-    c = torch.randn(5, 3, generator=gen, dtype=torch.float64)
-    out = combine(c, grads)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, (c.float().unsqueeze(-1) * grads).sum(1))
+    values = torch.randn(9, 4, generator=gen)
+    weights = torch.randn(9, generator=gen, dtype=torch.float64)
+    index = torch.tensor([0, 2, 2, 1, 0, 4, 4, 4, 1])
+    out = weighted_scatter(values, weights, index, 6)
+    assert out.dtype == torch.float32 and out.shape == (6, 4)
+    expected = torch.zeros(6, 4)
+    for n in range(9):  # a plain loop: the independent reference
+        expected[index[n]] += float(weights[n]) * values[n]
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(out[3], torch.zeros(4)) and torch.equal(out[5], torch.zeros(4))  # untouched rows
+    torch.testing.assert_close(
+        weighted_scatter(values, None, index, 6), weighted_scatter(values, weights * 0 + 1, index, 6)
+    )
 
 
-def test_combine_clamps_coefficients_to_finite():
-    grads = torch.zeros(1, 2, 3)
-    grads[0, 1, 0] = 1e-30
-    out = combine(torch.tensor([[1.0, 1e300]], dtype=torch.float64), grads)
+def test_weighted_scatter_passes_a_lone_weight_one_entry_bit_for_bit():
+    values = torch.randn(3, 5, generator=torch.Generator().manual_seed(4))
+    out = weighted_scatter(values, torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]), 2)
+    assert torch.equal(out[0], values[0]) and torch.equal(out[1], values[2])
+
+
+def test_weighted_scatter_clamps_weights_to_finite():
+    values = torch.zeros(2, 3)
+    values[1, 0] = 1e-30
+    out = weighted_scatter(values, torch.tensor([1.0, 1e300], dtype=torch.float64), torch.tensor([0, 0]), 1)
     assert torch.isfinite(out).all() and out[0, 0] > 0

@@ -21,7 +21,7 @@ def jacobian(T: int, D: int, seed: int) -> torch.Tensor:
 def ours(name: str, J: torch.Tensor, **params) -> torch.Tensor:
     agg = make_aggregator(name, **params)
     present = torch.ones(1, J.shape[0], dtype=torch.bool)
-    return agg(J.unsqueeze(0), present, agg.init_state(J.shape[0]), StepInfo(epoch=2)).update[0]
+    return agg(J.unsqueeze(0), present, agg.init_state(J.shape[0], 1), StepInfo(epoch=2)).update[0]
 
 
 @pytest.mark.parametrize("T, D", SHAPES)
@@ -52,5 +52,5 @@ def test_pmtrec_combination_matches_torchjd_constant(T, D, combine):
     """PMTRec is not in torchjd; its combination step is: update = Constant(c)(J) for the returned c."""
     J = jacobian(T, D, 4)
     agg = make_aggregator("pmtrec", combine=combine)
-    out = agg(J.unsqueeze(0), torch.ones(1, T, dtype=torch.bool), None, StepInfo(epoch=3))
-    torch.testing.assert_close(out.update[0], Constant(out.weights[0])(J), rtol=1e-12, atol=1e-12)
+    out = agg(J.unsqueeze(0), torch.ones(1, T, dtype=torch.bool), {}, StepInfo(epoch=3))
+    torch.testing.assert_close(out.update[0], Constant(out.coefficients[0])(J), rtol=1e-12, atol=1e-12)

@@ -24,7 +24,7 @@ def aggregate(grads, present=None, epoch: int = 0, **params):
         grads = grads.unsqueeze(0)
     if present is None:
         present = torch.ones(grads.shape[:2], dtype=torch.bool)
-    return PMTRec(**params)(grads, present, None, StepInfo(epoch=epoch))
+    return PMTRec(**params)(grads, present, {}, StepInfo(epoch=epoch))
 
 
 # --- golden table ----------------------------------------------------------------------------------------
@@ -102,8 +102,8 @@ GOLDEN = [
 def test_golden(params, grads, epoch, w, c, update):
     out = aggregate(grads, epoch=epoch, **params)
     tol = dict(rtol=0, atol=2e-9)
-    torch.testing.assert_close(out.extras["task_weights"][0], torch.tensor(w, dtype=torch.float64), **tol)
-    torch.testing.assert_close(out.weights[0], torch.tensor(c, dtype=torch.float64), **tol)
+    torch.testing.assert_close(out.logged_weights[0], torch.tensor(w, dtype=torch.float64), **tol)
+    torch.testing.assert_close(out.coefficients[0], torch.tensor(c, dtype=torch.float64), **tol)
     torch.testing.assert_close(out.update[0], torch.tensor(update, dtype=torch.float64), **tol)
 
 
@@ -130,23 +130,21 @@ def test_main_only_row_keeps_exactly_its_gradient(params, epoch, dtype):
     present[:, 0] = True
     grads[:, 0] = torch.randn(64, 32, dtype=dtype) * torch.logspace(-6, 6, 64, dtype=dtype).unsqueeze(1)
     grads[:, 1:] = torch.randn(64, 3, 32, dtype=dtype)  # absent: must not matter
-    out = make_aggregator("pmtrec", **params)(grads, present, None, StepInfo(epoch=epoch))
+    out = make_aggregator("pmtrec", **params)(grads, present, {}, StepInfo(epoch=epoch))
     assert torch.equal(out.update, grads[:, 0])
-    assert (out.weights[:, 0] == 1).all() and (out.weights[:, 1:] == 0).all()
+    assert (out.coefficients[:, 0] == 1).all() and (out.coefficients[:, 1:] == 0).all()
 
 
 def test_large_tau_without_focusing_gives_uniform_weights():
     grads, present = random_case("row", seed=21, shape=(200, 4, 16))
-    out = make_aggregator("pmtrec", alpha=1.0, tau=100.0)(grads, present, None, StepInfo(epoch=50))
-    w = out.extras["task_weights"]
+    out = make_aggregator("pmtrec", alpha=1.0, tau=100.0)(grads, present, {}, StepInfo(epoch=50))
+    w = out.logged_weights
     n_present = present.sum(1, keepdim=True)
     uniform = torch.where(present, 1.0 / n_present.clamp(min=1), torch.zeros_like(w))
     # p/τ ∈ [0, 0.01], so every w_t is within a factor e^{0.01} of 1/|A|
     torch.testing.assert_close(w, uniform, rtol=0.011, atol=0)
     # ... whereas a small τ is far from uniform on the same rows
-    sharp = make_aggregator("pmtrec", alpha=1.0, tau=0.1)(grads, present, None, StepInfo()).extras[
-        "task_weights"
-    ]
+    sharp = make_aggregator("pmtrec", alpha=1.0, tau=0.1)(grads, present, {}, StepInfo()).logged_weights
     assert (sharp - uniform).abs().max() > 0.2
 
 
@@ -154,9 +152,7 @@ def weights_over_epochs(epochs, **params):
     grads = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [0.0, -3.0]]])  # main has the smallest norm
     agg = PMTRec(**params)
     present = torch.ones(1, 3, dtype=torch.bool)
-    return torch.stack(
-        [agg(grads, present, None, StepInfo(epoch=s)).extras["task_weights"][0] for s in epochs]
-    )
+    return torch.stack([agg(grads, present, {}, StepInfo(epoch=s)).logged_weights[0] for s in epochs])
 
 
 def test_focusing_moves_weight_to_the_main_task_monotonically():
@@ -194,9 +190,9 @@ def test_no_overflow_after_many_epochs(focus, combine, main_zero):
     if main_zero:
         grads[:, 0] = 0.0
     agg = PMTRec(alpha=10.0, tau=0.1, focus=focus, combine=combine)
-    out = agg(grads, present, None, StepInfo(epoch=10_000))
-    assert torch.isfinite(out.update).all() and torch.isfinite(out.weights).all()
-    w = out.extras["task_weights"]
+    out = agg(grads, present, {}, StepInfo(epoch=10_000))
+    assert torch.isfinite(out.update).all() and torch.isfinite(out.coefficients).all()
+    w = out.logged_weights
     assert torch.isfinite(w).all()
     has_task = present.any(1)
     torch.testing.assert_close(w.sum(1)[has_task], torch.ones(int(has_task.sum())))
@@ -209,11 +205,11 @@ def test_no_overflow_after_many_epochs(focus, combine, main_zero):
 
 def test_raw_and_unit_differ_but_are_both_finite():
     grads, present = random_case("row", seed=23)
-    unit = PMTRec(combine="unit")(grads, present, None, StepInfo(epoch=4))
-    raw = PMTRec(combine="raw")(grads, present, None, StepInfo(epoch=4))
+    unit = PMTRec(combine="unit")(grads, present, {}, StepInfo(epoch=4))
+    raw = PMTRec(combine="raw")(grads, present, {}, StepInfo(epoch=4))
     assert torch.isfinite(unit.update).all() and torch.isfinite(raw.update).all()
-    torch.testing.assert_close(unit.extras["task_weights"], raw.extras["task_weights"])  # same w
-    torch.testing.assert_close(raw.weights, raw.extras["task_weights"])  # raw: c = w
+    torch.testing.assert_close(unit.logged_weights, raw.logged_weights)  # same w
+    torch.testing.assert_close(raw.coefficients, raw.logged_weights)  # raw: c = w
     assert (unit.update - raw.update).abs().max() > 1e-3
 
 
@@ -223,30 +219,30 @@ def test_unit_equals_raw_when_all_norms_are_equal():
     norms = grads.norm(dim=-1, keepdim=True)
     present = present & (norms[..., 0] > 0)  # every present task has norm exactly 2.5
     grads = grads / norms.clamp(min=1e-300) * 2.5
-    unit = PMTRec(combine="unit")(grads, present, None, StepInfo(epoch=3))
-    raw = PMTRec(combine="raw")(grads, present, None, StepInfo(epoch=3))
+    unit = PMTRec(combine="unit")(grads, present, {}, StepInfo(epoch=3))
+    raw = PMTRec(combine="raw")(grads, present, {}, StepInfo(epoch=3))
     torch.testing.assert_close(unit.update, raw.update, rtol=1e-12, atol=1e-12)
 
 
 def test_unit_update_norm_is_bounded_by_the_weighted_mean_norm():
     """||Σ_t w_t S u_t|| ≤ S Σ_t w_t = S with S = Σ w_t n_t (triangle inequality), equality when aligned."""
     grads, present = random_case("row", seed=25, dtype=torch.float64)
-    out = PMTRec()(grads, present, None, StepInfo(epoch=2))
-    s = (out.extras["task_weights"] * grads.norm(dim=-1)).sum(1)
+    out = PMTRec()(grads, present, {}, StepInfo(epoch=2))
+    s = (out.logged_weights * grads.norm(dim=-1)).sum(1)
     assert (out.update.norm(dim=1) <= s * (1 + 1e-12) + 1e-15).all()
     aligned = grads[:, :1].expand(-1, 4, -1) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1)
-    out = PMTRec()(aligned.contiguous(), present, None, StepInfo())
-    s = (out.extras["task_weights"] * aligned.norm(dim=-1)).sum(1)
+    out = PMTRec()(aligned.contiguous(), present, {}, StepInfo())
+    s = (out.logged_weights * aligned.norm(dim=-1)).sum(1)
     torch.testing.assert_close(out.update.norm(dim=1), s)
 
 
 def test_main_task_index_is_respected():
     grads, present = random_case("row", seed=26)
     swap = torch.tensor([1, 0, 2, 3])
-    a = PMTRec(main_task=0)(grads, present, None, StepInfo(epoch=6))
-    b = PMTRec(main_task=1)(grads[:, swap], present[:, swap], None, StepInfo(epoch=6))
+    a = PMTRec(main_task=0)(grads, present, {}, StepInfo(epoch=6))
+    b = PMTRec(main_task=1)(grads[:, swap], present[:, swap], {}, StepInfo(epoch=6))
     torch.testing.assert_close(b.update, a.update)
-    torch.testing.assert_close(b.weights, a.weights[:, swap])
+    torch.testing.assert_close(b.coefficients, a.coefficients[:, swap])
 
 
 def test_tiny_norms_do_not_overflow():
@@ -254,17 +250,17 @@ def test_tiny_norms_do_not_overflow():
     grads[:, 0, 0] = 1e18  # main norm 1e18
     grads[0, 1, 1] = 1e-22  # aux norm barely representable: S / n1 ≈ 1e40 overflows float32
     grads[1, 1, 1] = 1e-30  # underflows in the norm: treated as a zero gradient
-    out = PMTRec(alpha=1.0)(grads, torch.ones(2, 2, dtype=torch.bool), None, StepInfo())
-    assert torch.isfinite(out.update).all() and torch.isfinite(out.weights).all()
-    assert out.weights[1, 1] == 0
+    out = PMTRec(alpha=1.0)(grads, torch.ones(2, 2, dtype=torch.bool), {}, StepInfo())
+    assert torch.isfinite(out.update).all() and torch.isfinite(out.coefficients).all()
+    assert out.coefficients[1, 1] == 0
 
 
 def test_pure_weight_function_matches_the_aggregator():
     grads, present = random_case("row", seed=27, dtype=torch.float64)
     norms = grads.norm(dim=-1) * present
     w = pmtrec_task_weights(norms, present, 9, alpha=1.3, tau=0.7, focus="norm", main_task=0)
-    out = PMTRec(alpha=1.3, tau=0.7)(grads, present, None, StepInfo(epoch=9))
-    torch.testing.assert_close(w, out.extras["task_weights"])
+    out = PMTRec(alpha=1.3, tau=0.7)(grads, present, {}, StepInfo(epoch=9))
+    torch.testing.assert_close(w, out.logged_weights)
     # and it is the plain (non-log-space) formula where that one does not overflow
     boosted = norms.clone()
     boosted[:, 0] *= 1.3**9
@@ -290,9 +286,9 @@ def test_always_finite(seed, log_scale, epoch, alpha, tau, combine, focus, zero_
     grads = grads * (torch.rand(16, 3, 1, generator=gen) >= zero_frac)
     present = torch.rand(16, 3, generator=gen) < 0.7
     out = PMTRec(alpha=alpha, tau=tau, combine=combine, focus=focus)(
-        grads, present, None, StepInfo(epoch=epoch)
+        grads, present, {}, StepInfo(epoch=epoch)
     )
-    assert torch.isfinite(out.update).all() and torch.isfinite(out.weights).all()
+    assert torch.isfinite(out.update).all() and torch.isfinite(out.coefficients).all()
     assert (out.update[~present.any(1)] == 0).all()
 
 
@@ -334,7 +330,7 @@ def test_valid_hyper_parameters_at_the_edges(alpha, tau):
 
 def test_main_task_beyond_the_tasks_is_a_config_error():
     with pytest.raises(ConfigError, match="main_task=3"):
-        PMTRec(main_task=3)(torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), None, StepInfo())
+        PMTRec(main_task=3)(torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), {}, StepInfo())
 
 
 def test_pure_weight_function_ignores_absent_norms():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -12,6 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from recmtl.aggregators import AGGREGATORS, method_options
+from recmtl.config import TrainConfig, flag
 from recmtl.data.store import sha256_file
 from recmtl.runs import load_tensors
 from recmtl.tasks.bpr_tasks import SocialTask
@@ -109,14 +112,19 @@ def test_resume_continues_an_interrupted_run(data, tmp_path):
 
 @pytest.mark.parametrize(
     "flags, option",
-    [(("--lr", 0.5), "lr"), (("--aux", "social,category"), "aux"), (("--method", "ew"), "method")],
+    [
+        (("--lr", 0.5), "--lr"),
+        (("--aux", "social,category"), "--aux"),
+        (("--method", "ew"), "--method"),
+        (("--method-opt", "alpha=1.4"), "--method-opt alpha"),
+    ],
 )
 def test_resume_with_a_different_option_is_a_one_line_error(data, tmp_path, flags, option):
     with pytest.raises(KeyboardInterrupt):
         fit(quick_config(data, aux=("social",), epochs=2, name="r"), tmp_path / "r", callbacks=Interrupt(1))
     last = (tmp_path / "r" / "last.safetensors").read_bytes()
     result = run("train", "--resume", tmp_path / "r", "--quiet", *flags)
-    assert_one_line_error(result, "--resume", f"option --{option} is ")
+    assert_one_line_error(result, "--resume", f"option {option} is ")
     assert (tmp_path / "r" / "last.safetensors").read_bytes() == last
 
 
@@ -157,17 +165,23 @@ def test_table_modified_after_prepare(data, tmp_path):
     "flags, fragment",
     [
         (("--aux", "bogus"), "--aux"),
-        (("--alpha", 0.5), "--alpha"),
-        (("--alpha", 11), "--alpha"),
-        (("--tau", 0), "--tau"),
-        (("--tau", -1), "--tau"),
+        (("--method-opt", "alpha=0.5"), "pmtrec: alpha must be in [1, 10], found 0.5"),
+        (("--method-opt", "alpha=11"), "pmtrec: alpha"),
+        (("--method-opt", "tau=0"), "pmtrec: tau must be in (0, 100]"),
+        (("--method-opt", "tau=-1"), "pmtrec: tau"),
+        (("--method-opt", "tau=fast"), ("tau", "expected a number")),
+        (("--method-opt", "combine=sum"), "combine must be one of unit, raw"),
+        (("--method", "ew", "--method-opt", "tau=5"), ("method ew has no option 'tau'", "recmtl methods")),
+        (("--method-opt", "gamma=1"), ("method pmtrec has no option 'gamma'", "alpha, tau")),
+        (("--method-opt", "tau"), ("--method-opt 'tau'", "KEY=VALUE")),
+        (("--mode", "rows"), "--mode rows"),
         (("--method", "nosuch"), "nosuch"),
         (("--select-metric", "ndcg@7"), "--select-metric"),
     ],
 )
 def test_invalid_options(data, tmp_path, flags, fragment):
     result = train(data, tmp_path / "runs", *flags)
-    assert_one_line_error(result, fragment)
+    assert_one_line_error(result, *([fragment] if isinstance(fragment, str) else fragment))
     assert not (tmp_path / "runs").exists()
 
 
@@ -273,7 +287,67 @@ def test_config_file_values_are_used_and_flags_override_them(data, tmp_path):
     result = train(data, tmp_path / "runs", "--config", config, "--method", "single")
     assert result.exit_code == 0, result.stderr
     saved = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())["config"]
-    assert (saved["epochs"], saved["method"], saved["dim"]) == (1, "single", 16)  # QUICK passes --dim 16
+    assert (saved["epochs"], saved["method"]["name"], saved["dim"]) == (1, "single", 16)  # QUICK: --dim 16
+
+
+def saved_method(runs, name="r"):
+    return json.loads((runs / name / "config.json").read_text())["config"]["method"]
+
+
+def test_method_options_from_the_command_line_are_recorded_with_the_defaults(data, tmp_path):
+    result = train(
+        data, tmp_path / "runs", "--epochs", 1, "--method-opt", "alpha=1.3", "--method-opt", "tau=0.4"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert saved_method(tmp_path / "runs") == {
+        "name": "pmtrec",
+        "alpha": 1.3,
+        "tau": 0.4,
+        "combine": "unit",
+        "focus": "norm",
+        "main_task": 0,
+    }
+
+
+def test_method_table_in_a_config_file_and_flags_over_it(data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 1\n[method]\nname = "pmtrec"\nalpha = 1.5\ntau = 2.0\nfocus = "logit"\n')
+    result = train(data, tmp_path / "runs", "--config", config, "--method-opt", "tau=0.3")
+    assert result.exit_code == 0, result.stderr
+    method = saved_method(tmp_path / "runs")
+    assert (method["alpha"], method["tau"], method["focus"]) == (1.5, 0.3, "logit")
+    # another --method starts from that method's own defaults: the file's PMTRec options do not leak
+    result = train(data, tmp_path / "runs", "--config", config, "--method", "single", name="s")
+    assert result.exit_code == 0, result.stderr
+    assert saved_method(tmp_path / "runs", "s") == {"name": "single", "main_task": 0}
+
+
+def test_method_table_with_an_option_the_method_lacks(data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 1\n[method]\nname = "ew"\ntau = 2.0\n')
+    assert_one_line_error(train(data, tmp_path / "runs", "--config", config), "run.toml", "ew", "'tau'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_methods_lists_every_method_with_its_options_and_paper():
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name, cls in AGGREGATORS.items():
+        assert name in result.output
+        for option in method_options(cls):
+            assert f"{option.name} = {option.default}" in result.output
+            assert option.valid in result.output
+    assert "arXiv:2407.21364" in result.output
+    assert "[reading]" in result.output  # not eaten as markup
+
+
+def test_train_help_points_to_methods_and_lists_every_config_option():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "recmtl methods" in result.output and "--method-opt" in result.output
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "data":
+            assert flag(f.name) in result.output, f.name
 
 
 def test_evaluate_after_the_data_was_prepared_again_differently(data, tmp_path):

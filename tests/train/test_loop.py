@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import recmtl
+from recmtl.aggregators import PMTRec
 from recmtl.data.store import open_dataset, sha256_file
 from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
@@ -174,13 +175,21 @@ def test_new_run_into_an_existing_run_directory_is_refused(tiny_data, tmp_path):
 
 
 def test_config_json_records_options_data_hash_versions_device(tiny_data, tmp_path):
-    config = quick_config(tiny_data, aux=("social", "category"), epochs=1, alpha=1.3, tau=0.5)
+    config = quick_config(tiny_data, aux=("social", "category"), epochs=1, method=PMTRec(alpha=1.3, tau=0.5))
     fit(config, tmp_path / "r")
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     fields = {f.name for f in dataclasses.fields(config)}
     assert set(saved["config"]) == fields
     assert saved["config"]["aux"] == ["social", "category"]
-    assert saved["config"]["alpha"] == 1.3 and saved["config"]["tau"] == 0.5
+    assert saved["config"]["method"] == {
+        "name": "pmtrec",
+        "alpha": 1.3,
+        "tau": 0.5,
+        "combine": "unit",
+        "focus": "norm",
+        "main_task": 0,
+    }
+    assert saved["method"] == {"name": "pmtrec", "mode": "row", "variant": "paper"}
     assert saved["config"]["dim"] == 16 and saved["config"]["batch_size"] == 256
     assert saved["config"]["data"] == str(tiny_data)
     assert saved["data"]["hash"] == open_dataset(tiny_data).data_hash
@@ -211,7 +220,7 @@ def test_metrics_parquet_pmtrec_columns_and_weights(tiny_data, tmp_path):
 
 def test_pmtrec_focusing_shows_in_the_logged_main_weight(tiny_data, tmp_path):
     # alpha = 10 multiplies the main norm by 10 per epoch: the mean softmax weight of rec must grow
-    fit(quick_config(tiny_data, aux=("social", "category"), alpha=10.0), tmp_path / "r")
+    fit(quick_config(tiny_data, aux=("social", "category"), method=PMTRec(alpha=10.0)), tmp_path / "r")
     weights = pl.read_parquet(tmp_path / "r" / "metrics.parquet")["weight_rec"].to_list()
     assert weights[0] < weights[1] < weights[2]
 
@@ -369,10 +378,13 @@ def test_missing_auxiliary_table_fails_before_any_training(social_only_data, tmp
 @pytest.mark.parametrize(
     "change, option",
     [
-        ({"alpha": 0.5}, "--alpha"),
-        ({"alpha": 11.0}, "--alpha"),
-        ({"tau": 0.0}, "--tau"),
-        ({"tau": -1.0}, "--tau"),
+        ({"method": {"name": "pmtrec", "alpha": 0.5}}, "pmtrec: alpha must be in [1, 10]"),
+        ({"method": {"alpha": 11.0}}, "pmtrec: alpha"),
+        ({"method": {"name": "pmtrec", "tau": 0.0}}, "pmtrec: tau must be in (0, 100]"),
+        ({"method": {"tau": -1.0}}, "pmtrec: tau"),
+        ({"method": {"name": "ew", "tau": 5}}, "method: method ew has no option 'tau'"),
+        ({"method": "pmtrek"}, "unknown method 'pmtrek'"),
+        ({"mode": "rows"}, "--mode rows"),
         ({"aux": ("bogus",)}, "--aux"),
         ({"select_metric": "ndcg@5"}, "--select-metric"),
     ],

@@ -1,15 +1,13 @@
-"""The step's three execution paths (fixed weights, norm-based slots, dense G) compute the same update."""
+"""What the step hands the aggregator: the de-duplicated rows and their per-task gradients, against a loop.
+
+(The aggregation itself, compact against dense, is tested over the whole registry in
+tests/aggregators/test_task_grads.py; the fixed-weight path against the per-task path in test_tasks.py.)
+"""
 
 from __future__ import annotations
 
-import copy
-
-import pytest
 import torch
 
-from recmtl.aggregators import make_aggregator
-from recmtl.aggregators.base import StepInfo
-from recmtl.train import step as step_mod
 from recmtl.train.step import RowWorkspace, scatter_rows
 
 
@@ -37,13 +35,23 @@ def _reference_dense(parts, n_rows, n_tasks, dim):
 
 def test_scatter_matches_a_loop():
     parts = _gathered()
-    sc = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")))
+    rows, grads = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")))
     g, present = _reference_dense(parts, 40, 3, 5)
     touched = present.any(1).nonzero().squeeze(1)
-    assert torch.equal(sc.rows, touched)
-    torch.testing.assert_close(sc.dense(3), g[touched])
-    assert torch.equal(sc.present, present[touched])
-    torch.testing.assert_close(sc.summed(), g[touched].sum(1))
+    assert torch.equal(rows, touched)
+    torch.testing.assert_close(grads.dense, g[touched])
+    assert torch.equal(grads.present, present[touched])
+    torch.testing.assert_close(grads.summed(), g[touched].sum(1))
+
+
+def test_scatter_in_global_mode_flattens_each_task():
+    parts = _gathered(seed=1)
+    rows, grads = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")), mode="global")
+    g, present = _reference_dense(parts, 40, 3, 5)
+    touched = present.any(1).nonzero().squeeze(1)
+    flat = torch.stack([g[touched, t].reshape(-1) for t in range(3)]).unsqueeze(0)
+    torch.testing.assert_close(grads.dense, flat)
+    assert grads.present.tolist() == [[True, True, True]]
 
 
 def test_workspace_is_clean_after_use():
@@ -53,37 +61,3 @@ def test_workspace_is_clean_after_use():
     assert not ws.mark.any()
     rows2, _ = ws.unique(torch.tensor([5]))
     assert rows2.tolist() == [5]
-
-
-@pytest.mark.parametrize("mode", ["row", "global"])
-@pytest.mark.parametrize(
-    "name,params",
-    [
-        ("pmtrec", {}),
-        ("pmtrec", {"alpha": 1.5, "tau": 0.3}),
-        ("pmtrec", {"combine": "raw", "focus": "logit"}),
-        ("ew", {}),
-    ],
-)
-def test_slot_path_equals_dense_aggregator_call(name, params, mode):
-    agg = make_aggregator(name, **params)
-    parts = _gathered(seed=3)
-    sc = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")))
-    info = StepInfo(epoch=4)
-    slot_update, _, slot_logged, _ = step_mod.aggregate_slots(agg, mode, sc, info, None)
-    # only the aggregator and the mode of the plan are read
-    plan = step_mod.StepPlan([None] * 3, agg, mode, None, None, None, None, None)
-    dense_update, _, dense_logged, _ = step_mod.aggregate(plan, sc.dense(3), sc.present, info, None)
-    torch.testing.assert_close(slot_update, dense_update, rtol=1e-5, atol=1e-6)
-    # the logged task weights agree too (the slot path computes them only where several tasks meet)
-    torch.testing.assert_close(slot_logged.expand_as(dense_logged), dense_logged, rtol=1e-5, atol=1e-6)
-
-
-def test_pmtrec_slot_path_keeps_main_only_rows_exact():
-    agg = make_aggregator("pmtrec")
-    parts = [copy.copy(p) for p in _gathered(seed=5)]
-    sc = scatter_rows(parts, 3, RowWorkspace(40, torch.device("cpu")))
-    update, *_ = step_mod.aggregate_slots(agg, "row", sc, StepInfo(epoch=2), None)
-    main_only = sc.present[:, 0] & ~sc.present[:, 1:].any(1)
-    assert main_only.any()
-    torch.testing.assert_close(update[main_only], sc.dense(3)[main_only, 0], rtol=1e-6, atol=1e-7)

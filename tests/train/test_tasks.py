@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from recmtl.aggregators import make_aggregator
-from recmtl.aggregators.base import StepInfo
 from recmtl.config import AUX_TASKS
 from recmtl.data.tensors import Pairs, TrainData
 from recmtl.errors import RecmtlError
@@ -301,7 +300,9 @@ def make_plan(method: str, aux: tuple[str, ...], *, per_task: bool = False, lr: 
     fixed = None if per_task else aggregator.fixed_task_weights(len(tasks))
     workspace = RowWorkspace(model.weight.shape[0], model.weight.device)
     groups = torch.zeros(model.weight.shape[0], dtype=torch.long)
-    plan = StepPlan(tasks, aggregator, "row", fixed, private_opt, row_adam, workspace, groups)
+    plan = StepPlan(
+        tasks, aggregator, "row", fixed, private_opt, row_adam, workspace, groups, 1, model.table_rows
+    )
     return model, plan
 
 
@@ -335,11 +336,10 @@ class Recorder:
 
 def run_steps(model: MFModel, plan: StepPlan, n: int, *, epoch: int = 0) -> None:
     gen = torch.Generator().manual_seed(11)
-    state = plan.aggregator.init_state(plan.n_tasks)
+    state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0])
     for step in range(n):
         idx = torch.randint(len(DATA.train), (128,), generator=gen)
-        info = StepInfo(epoch=epoch, step=step, generator=gen)
-        out = train_step(model, plan, DATA.train.a[idx], DATA.train.b[idx], gen, info, state)
+        out = train_step(model, plan, DATA.train.a[idx], DATA.train.b[idx], gen, epoch, step, state)
         state = out.state
         assert torch.isfinite(out.losses).all()
 
