@@ -1,7 +1,9 @@
 """Adam with sparse row updates for the shared embedding rows (METHODS.md §4, step 4).
 
 Only the rows touched in a step have their moments and values updated (the "lazy" Adam of
-``torch.optim.SparseAdam``); bias correction uses the global step count.
+``torch.optim.SparseAdam``); bias correction uses the global step count. ``eps`` is added after the bias
+correction, as ``torch.optim.Adam`` does (``SparseAdam`` adds it before, an effective eps of
+``eps / sqrt(1 - beta2^t)``; the two agree once eps is negligible, see tests/train/test_row_adam.py).
 
 Layout: the parameter and its two moments are interleaved in one storage ``[N, 3, D]`` (value, exp_avg,
 exp_avg_sq), as in fused-optimizer embedding tables (FBGEMM's table-batched embeddings). A step then reads
