@@ -73,10 +73,11 @@ class StepInfo:
 
     def rows_of_table(self, table: str) -> tuple[Tensor, Tensor]:
         """Which aggregated rows belong to ``table`` (bool [R']) and their ids within it ([M])."""
+        if self.row_ids is None or table not in self.tables:
+            raise ValueError(f"StepInfo has no storage rows for table {table!r}")
         span = self.tables[table]
-        ids = self.rows(0) if self.row_ids is None else self.row_ids
-        inside = (ids >= span.start) & (ids < span.stop)
-        return inside, ids[inside] - span.start
+        inside = (self.row_ids >= span.start) & (self.row_ids < span.stop)
+        return inside, self.row_ids[inside] - span.start
 
     def select(self, rows: Tensor) -> StepInfo:
         """The same information for the aggregated rows ``rows`` [M] (positions) only."""

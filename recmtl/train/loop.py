@@ -151,7 +151,9 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
                 found.append((flag(key), old, now))
         return found
 
-    for option, old, now in differences()[:1]:
+    found = differences()
+    if found:
+        option, old, now = found[0]
         raise RecmtlError(
             f"--resume {run_dir}: option {option} is {shown(now)} but the run was started with "
             f"{shown(old)} (start a new run to change it)"
