@@ -70,6 +70,10 @@ def gram(grads: Tensor, present: Tensor | None = None) -> Tensor:
     return out
 
 
+#: Elements of the scaled-entries temporary of :func:`weighted_scatter` (4 Mi: 16 MB in float32).
+SCATTER_CHUNK = 1 << 22
+
+
 def weighted_scatter(values: Tensor, weights: Tensor | None, index: Tensor, n_out: int) -> Tensor:
     """The weighted sum ``out[index[n]] += weights[n] · values[n]``: [N, D] → [n_out, D] in ``values.dtype``.
 
@@ -80,10 +84,18 @@ def weighted_scatter(values: Tensor, weights: Tensor | None, index: Tensor, n_ou
     exactly 0 adds exactly 0 (for finite values), and a row with one entry of weight 1 gets that entry bit
     for bit.
     """
-    if weights is not None:
-        finfo = torch.finfo(values.dtype)
-        values = values * weights.clamp(min=finfo.min, max=finfo.max).to(values.dtype).unsqueeze(1)
-    return values.new_zeros(n_out, values.shape[1]).index_add_(0, index, values)
+    out = values.new_zeros(n_out, values.shape[1])
+    if weights is None:
+        return out.index_add_(0, index, values)
+    finfo = torch.finfo(values.dtype)
+    w = weights.clamp(min=finfo.min, max=finfo.max).to(values.dtype).unsqueeze(1)
+    # the scaled entries are a temporary: taken SCATTER_CHUNK elements at a time, so a few very long
+    # vectors (global mode: T entries of R·D) never allocate a second copy of the gradients
+    columns = max(1, SCATTER_CHUNK // max(1, values.shape[0]))
+    for start in range(0, values.shape[1], columns):
+        part = slice(start, start + columns)
+        out[:, part].index_add_(0, index, values[:, part] * w)
+    return out
 
 
 # --- solvers for the Gram-based methods ------------------------------------------------------------------

@@ -77,19 +77,23 @@ class TaskGrads:
 
     @classmethod
     def from_dense(cls, grads: Tensor, present: Tensor, mode: str = "row") -> TaskGrads:
-        """From ``grads`` [R, T, D] and ``present`` [R, T] (bool): one entry per present (row, task).
-
-        Values at absent (row, task) pairs are never read.
-        """
-        if grads.ndim != 3:
-            raise ValueError(f"grads must be [R, T, D], got shape {tuple(grads.shape)}")
+        """From ``grads`` [R, T, D] and ``present`` [R, T] (bool): one entry per (row, task), zero where the
+        task is absent (values at absent pairs are never read). One masked copy of ``grads``, which is also
+        the cached :attr:`dense` view."""
+        if grads.ndim != 3 or not grads.is_floating_point():
+            raise ValueError(f"grads must be a floating [R, T, D] tensor, got {grads.dtype} {tuple(grads.shape)}")
         if present.dtype != torch.bool or tuple(present.shape) != tuple(grads.shape[:2]):
             raise ValueError(
                 f"present must be a bool [R, T] = {tuple(grads.shape[:2])} tensor, "
                 f"got {present.dtype} {tuple(present.shape)}"
             )
-        row_of, task_of = present.nonzero(as_tuple=True)
-        return cls(grads.detach()[row_of, task_of], row_of, task_of, present.clone(), mode)
+        n_rows, n_tasks, dim = grads.shape
+        dense = torch.where(present.unsqueeze(-1), grads.detach(), 0.0)  # absent values never read
+        grid = torch.arange(n_rows * n_tasks, device=grads.device)  # one entry per (row, task), in order
+        out = cls(dense.view(-1, dim), grid // n_tasks, grid % n_tasks, present.clone(), mode)
+        if mode == "row":
+            out.__dict__["dense"] = dense  # the cached dense view is the tensor itself
+        return out
 
     # --- sizes -----------------------------------------------------------------------------------------
 

@@ -101,3 +101,19 @@ def test_weighted_scatter_clamps_weights_to_finite():
     values[1, 0] = 1e-30
     out = weighted_scatter(values, torch.tensor([1.0, 1e300], dtype=torch.float64), torch.tensor([0, 0]), 1)
     assert torch.isfinite(out).all() and out[0, 0] > 0
+
+
+def test_weighted_scatter_in_column_chunks_equals_one_pass(monkeypatch):
+    """Few long vectors (global mode) are scaled a column block at a time: the same sum."""
+    from recmtl.aggregators import _math
+
+    gen = torch.Generator().manual_seed(5)
+    values = torch.randn(3, 1000, generator=gen)
+    weights = torch.tensor([0.5, -2.0, 3.0])
+    index = torch.tensor([0, 0, 1])
+    whole = weighted_scatter(values, weights, index, 2)
+    monkeypatch.setattr(_math, "SCATTER_CHUNK", 7)  # 2 columns per block, the last one partial
+    chunked = weighted_scatter(values, weights, index, 2)
+    assert torch.equal(chunked, whole)
+    torch.testing.assert_close(whole[0], 0.5 * values[0] - 2.0 * values[1])
+    torch.testing.assert_close(whole[1], 3.0 * values[2])
