@@ -50,7 +50,7 @@ class TaskGrads:
             raise ValueError(f"mode must be row or global, got {self.mode!r}")
         if self.values.ndim != 2 or not self.values.is_floating_point():
             raise ValueError(
-                f"values must be a floating [N, D] tensor, got {self.values.dtype} {self.shape_of}"
+                f"values must be a floating [N, D] tensor, got {self.values.dtype} {self._shapes}"
             )
         if self.row_present.ndim != 2 or self.row_present.dtype != torch.bool:
             raise ValueError(f"row_present must be a bool [R, T] tensor, got {self.row_present.dtype}")
@@ -58,10 +58,10 @@ class TaskGrads:
             raise ValueError("no task (T = 0)")
         n = self.values.shape[0]
         if self.row_of.shape != (n,) or self.task_of.shape != (n,):
-            raise ValueError(f"row_of and task_of must be [N] = [{n}], got {self.shape_of}")
+            raise ValueError(f"row_of and task_of must be [N] = [{n}], got {self._shapes}")
 
     @property
-    def shape_of(self) -> str:
+    def _shapes(self) -> str:
         return f"values {tuple(self.values.shape)}, row_of {tuple(self.row_of.shape)}"
 
     # --- construction --------------------------------------------------------------------------------
@@ -81,7 +81,8 @@ class TaskGrads:
         task is absent (values at absent pairs are never read). One masked copy of ``grads``, which is also
         the cached :attr:`dense` view."""
         if grads.ndim != 3 or not grads.is_floating_point():
-            raise ValueError(f"grads must be a floating [R, T, D] tensor, got {grads.dtype} {tuple(grads.shape)}")
+            found = f"{grads.dtype} {tuple(grads.shape)}"
+            raise ValueError(f"grads must be a floating [R, T, D] tensor, got {found}")
         if present.dtype != torch.bool or tuple(present.shape) != tuple(grads.shape[:2]):
             raise ValueError(
                 f"present must be a bool [R, T] = {tuple(grads.shape[:2])} tensor, "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -63,7 +63,7 @@ class StepPlan:
     workspace: RowWorkspace
     row_groups: Tensor  # [N] group id of every storage row (e.g. user-activity buckets) for weight logging
     n_groups: int = 1
-    tables: Mapping[str, range] | None = None  # storage rows of each table (None: unknown)
+    tables: Mapping[str, range] = field(default_factory=dict)  # storage rows of each table
 
     @property
     def n_tasks(self) -> int:
@@ -134,7 +134,14 @@ def train_step(
             update, logged = grads.summed(), plan.fixed_weights.to(device).unsqueeze(0)
         else:
             info = StepInfo(
-                epoch, step, plan.mode, plan.task_names, losses, rows, plan.tables or {}, generator
+                epoch=epoch,
+                step=step,
+                mode=plan.mode,
+                tasks=plan.task_names,
+                losses=losses,
+                row_ids=rows,
+                tables=plan.tables,
+                generator=generator,
             )
             out = plan.aggregator.aggregate(grads, state, info)
             update, logged, state = out.update, out.logged_weights, out.state
