@@ -14,11 +14,12 @@ import torch
 
 import recmtl
 from recmtl.aggregators import PMTRec
+from recmtl.config import upgrade_train_config
 from recmtl.data.store import open_dataset, sha256_file
 from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
 from recmtl.eval.run_eval import evaluate_run
-from recmtl.runs import load_tensors, save_tensors
+from recmtl.runs import load_tensors, read_run_config, save_tensors
 from recmtl.tasks.bpr_tasks import SocialTask
 from recmtl.train import loop as loop_module
 from recmtl.train.loop import FitResult, TrainingDiverged, fit
@@ -547,3 +548,27 @@ def test_weights_are_logged_per_user_activity_group(tiny_data, tmp_path):
     for group in ("cold_users", "mid_users", "heavy_users"):
         assert 0 < record[f"weight_rec@{group}"] <= 1
     assert "weight_rec@items" not in record
+
+
+def test_a_run_written_by_recmtl_0_1_is_still_read(trained_run, tmp_path):
+    """0.1 stored PMTRec's options flat beside the method name; they are read as the [method] table."""
+    run, _ = trained_run
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    saved = json.loads((old / "config.json").read_text())
+    method = saved["config"].pop("method")
+    saved["config"] |= {"method": "pmtrec"} | {k: method[k] for k in ("alpha", "tau", "combine", "focus")}
+    (old / "config.json").write_text(json.dumps(saved))
+    report, _ = evaluate_run(old, split="valid", write=False)
+    expected, _ = evaluate_run(run, split="valid", write=False)
+    assert report.metrics == expected.metrics
+    assert read_run_config(old)["config"]["method"] == {k: v for k, v in method.items() if k != "main_task"}
+
+
+def test_upgrading_a_0_1_config_drops_options_of_another_method():
+    assert upgrade_train_config({"method": "ew", "alpha": 1.1, "tau": 1.0, "lr": 0.1}) == {
+        "method": "ew",
+        "lr": 0.1,
+    }
+    today = {"method": {"name": "pmtrec", "alpha": 1.2}, "lr": 0.1}
+    assert upgrade_train_config(today) == today
