@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recmtl.aggregators import Aggregator, PMTRec, aggregator_class
+from recmtl.aggregators import Aggregator, PMTRec, aggregator_class, check_option_names
 from recmtl.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------
@@ -181,15 +181,11 @@ def build_method(value: Any, base: Aggregator, *, where: str = "config") -> Aggr
     if not isinstance(name, str):
         raise ConfigError(f"{where}: method name: expected a string, got {name!r}")
     cls = aggregator_class(name)
+    try:
+        check_option_names(cls, options)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        known = ", ".join(fields) if fields else "none"
-        raise ConfigError(
-            f"{where}: method {name} has no option {unknown[0]!r} "
-            f"(its options: {known}; see `recmtl methods`)"
-        )
     start = base if type(base) is cls else cls()
     coerced = {k: _coerce(v, hints[k], f"{where}: method {name} option {k}") for k, v in options.items()}
     return dataclasses.replace(start, **coerced)

@@ -10,6 +10,7 @@ in :data:`AGGREGATORS`, and its tests.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 from recmtl.aggregators.base import (
@@ -43,6 +44,17 @@ def aggregator_class(name: str) -> type[Aggregator]:
     return cls
 
 
+def check_option_names(cls: type[Aggregator], names: Iterable[str]) -> None:
+    """ConfigError naming the first of ``names`` that is not an option of method ``cls``."""
+    accepted = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(names) - set(accepted))
+    if unknown:
+        allowed = ", ".join(accepted) if accepted else "none"
+        raise ConfigError(
+            f"method {cls.name} has no option {unknown[0]!r} (its options: {allowed}; see `recmtl methods`)"
+        )
+
+
 def make_aggregator(name: str, **params: Any) -> Aggregator:
     """Build the aggregator registered as ``name`` with hyper-parameters ``params``.
 
@@ -50,11 +62,7 @@ def make_aggregator(name: str, **params: Any) -> Aggregator:
     the accepted ones) or an invalid value (from the class's own validation).
     """
     cls = aggregator_class(name)
-    accepted = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        allowed = ", ".join(accepted) if accepted else "none"
-        raise ConfigError(f"method {name} has no option {unknown[0]!r} (its options: {allowed})")
+    check_option_names(cls, params)
     return cls(**params)
 
 
@@ -71,6 +79,7 @@ __all__ = [
     "TaskGrads",
     "Weights",
     "aggregator_class",
+    "check_option_names",
     "make_aggregator",
     "method_options",
     "option",
