@@ -135,23 +135,18 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
     def shown(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
-    def differences() -> list[tuple[str, Any, Any]]:
-        found = []
-        for key in sorted(set(saved) | set(new)):
-            old, now = saved.get(key), new.get(key)
-            if key == "device" or old == now:
-                continue
-            if key == "method" and isinstance(old, dict) and isinstance(now, dict):
-                if old.get("name") != now.get("name"):
-                    found.append(("--method", old.get("name"), now.get("name")))
-                for opt in sorted(set(old) - {"name"}):
-                    if old.get(opt) != now.get(opt):
-                        found.append((f"--method-opt {opt}", old.get(opt), now.get(opt)))
-            else:
-                found.append((flag(key), old, now))
-        return found
-
-    found = differences()
+    found: list[tuple[str, Any, Any]] = []  # (option, saved value, new value)
+    for key in sorted(set(saved) | set(new)):
+        old, now = saved.get(key), new.get(key)
+        if key == "device" or old == now:
+            continue
+        if key == "method" and isinstance(old, dict) and isinstance(now, dict):
+            if old.get("name") != now.get("name"):
+                found.append(("--method", old.get("name"), now.get("name")))
+            options = sorted(set(old) - {"name"})
+            found += [(f"--method-opt {k}", old[k], now.get(k)) for k in options if old[k] != now.get(k)]
+        else:
+            found.append((flag(key), old, now))
     if found:
         option, old, now = found[0]
         raise RecmtlError(
