@@ -71,9 +71,12 @@ class TaskGrads:
         cls, values: Tensor, row_of: Tensor, task_of: Tensor, n_rows: int, n_tasks: int, mode: str = "row"
     ) -> TaskGrads:
         """From gathered entries (``values`` [N, D], ``row_of``/``task_of`` [N]); duplicates allowed."""
+        slot = row_of * n_tasks + task_of
         present = torch.zeros(n_rows * n_tasks, dtype=torch.bool, device=values.device)
-        present[row_of * n_tasks + task_of] = True
-        return cls(values, row_of, task_of, present.view(n_rows, n_tasks), mode)
+        present[slot] = True
+        out = cls(values, row_of, task_of, present.view(n_rows, n_tasks), mode)
+        out.__dict__["slot"] = slot  # computed once: the cached property below
+        return out
 
     @classmethod
     def from_dense(cls, grads: Tensor, present: Tensor, mode: str = "row") -> TaskGrads:
@@ -122,13 +125,17 @@ class TaskGrads:
         return self.row_present
 
     @functools.cached_property
+    def slot(self) -> Tensor:
+        """[N] the (row, task) pair of every entry as ``row * T + task``."""
+        return self.row_of * self.n_tasks + self.task_of
+
+    @functools.cached_property
     def dense(self) -> Tensor:
         """[R', T, D'] the summed gradients, zeros where a task is absent (global: [1, T, R·D], each task's
         rows in order). Built on first use and cached; ``[R, T, D]`` floats, so methods that need only
         norms or the Gram matrix should ask for those."""
         n_rows, n_tasks, dim = self.n_rows, self.n_tasks, self.dim
-        key = self.row_of * n_tasks + self.task_of
-        g = self.values.new_zeros(n_rows * n_tasks, dim).index_add_(0, key, self.values)
+        g = self.values.new_zeros(n_rows * n_tasks, dim).index_add_(0, self.slot, self.values)
         g = g.view(n_rows, n_tasks, dim)
         if self.mode == "global":
             return g.transpose(0, 1).reshape(1, n_tasks, n_rows * dim)
@@ -148,7 +155,7 @@ class TaskGrads:
         if self.mode == "global":
             per_entry = coefficients[0].index_select(0, self.task_of)
         else:
-            per_entry = coefficients.reshape(-1).index_select(0, self.row_of * self.n_tasks + self.task_of)
+            per_entry = coefficients.reshape(-1).index_select(0, self.slot)
         return _math.weighted_scatter(self.values, per_entry, self.row_of, self.n_rows)
 
     def summed(self) -> Tensor:
