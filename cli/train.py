@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from recmtl.runs import read_run_config
 from recmtl.train.loop import fit, resolve_device
 
 Opt = typer.Option
+DATA_HELP = {f.name: f for f in dataclasses.fields(TrainConfig)}["data"].metadata["help"]
 
 
 def epoch_summary(record: dict[str, Any], metric: str) -> str:
@@ -86,7 +88,7 @@ def parse_method_options(items: list[str]) -> dict[str, str]:
 @user_errors
 @config_options(TrainConfig, skip=("data",))
 def train(
-    data_dir: Annotated[Path | None, typer.Argument(help="Prepared dataset (recmtl prepare output).")] = None,
+    data_dir: Annotated[Path | None, typer.Argument(help=DATA_HELP)] = None,
     method_opt: Annotated[
         list[str] | None,
         Opt(
