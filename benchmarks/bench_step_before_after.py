@@ -1,51 +1,76 @@
-"""The training step before and after a change, measured in one run: ``bench_train_step.py`` of two
-checkouts run alternately (before, after, after, before, ...) as separate processes on the same prepared
-data, each reporting its median ms/step per method; this script prints the median over the alternations
-and the after/before ratio per method, with the machine.
+"""The training step before and after a change, measured in one process: the code before the change is
+imported beside today's under another name, both steps are built on the same prepared data, and their
+rounds are interleaved (the order rotates every round), so the machine's drift hits both alike.
 
 Usage:
     git worktree add /tmp/before <commit>      # the code before the change
-    python benchmarks/bench_step_before_after.py --before /tmp/before --data data/ciao [--pairs 4]
+    python benchmarks/bench_step_before_after.py --before /tmp/before --data data/ciao [--rounds 15]
 
-Both checkouts run with this interpreter and the same options (``--batch-sizes`` one size, ``--steps``,
-``--rounds``), so each is measured by its own ``bench_train_step.py`` exactly as it was committed.
+``--before DIR``'s ``recmtl/`` package is copied into a temporary directory as ``recmtl_before`` (every
+``recmtl`` name in its sources renamed), so each version runs its own step exactly as committed. Prints the
+median ms/step of ``pmtrec`` and ``ew`` for each version, the after/before ratio (median of the per-round
+ratios), and pmtrec / ew for each version, with the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import re
+import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _machine import print_machine  # noqa: E402
 
-AFTER = Path(__file__).resolve().parents[1]
-LINE = re.compile(r"^\s+(pmtrec|ew|dense_reference)\s+([0-9.]+) ms/step")
+NAME = re.compile(r"\brecmtl\b")
 
 
-def run(tree: Path, args: argparse.Namespace) -> dict[str, float]:
-    """One process of ``tree``'s step benchmark; its median ms/step per step kind."""
-    command = [
-        sys.executable,
-        str(tree / "benchmarks" / "bench_train_step.py"),
-        "--data",
-        str(args.data.resolve()),
-        "--batch-sizes",
-        str(args.batch_size),
-        "--steps",
-        str(args.steps),
-        "--rounds",
-        str(args.rounds),
-    ]
-    out = subprocess.run(command, cwd=tree, capture_output=True, text=True, check=True).stdout
-    found = {m.group(1): float(m.group(2)) for m in map(LINE.match, out.splitlines()) if m}
-    if not {"pmtrec", "ew"} <= set(found):
-        raise SystemExit(f"no step figures in the output of {tree}:\n{out}")
-    return found
+def import_renamed(tree: Path, workdir: Path) -> str:
+    """Copy ``tree``/recmtl into ``workdir`` as ``recmtl_before`` with its imports renamed; its name."""
+    target = workdir / "recmtl_before"
+    shutil.copytree(tree / "recmtl", target, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in target.rglob("*.py"):
+        path.write_text(NAME.sub("recmtl_before", path.read_text()))
+    sys.path.insert(0, str(workdir))
+    return "recmtl_before"
+
+
+def make_step(package: str, data_dir: Path, method: str, batch: int) -> Callable[[], None]:
+    """One step of ``package``'s trainer (built as `recmtl train` builds it) on random rec batches."""
+    config_mod = importlib.import_module(f"{package}.config")
+    store = importlib.import_module(f"{package}.data.store")
+    loop = importlib.import_module(f"{package}.train.loop")
+    step_mod = importlib.import_module(f"{package}.train.step")
+    try:
+        tensors = importlib.import_module(f"{package}.data.tensors")
+    except ModuleNotFoundError:  # before the layering change
+        tensors = importlib.import_module(f"{package}.train.data")
+    data = tensors.TrainData.load(store.open_dataset(data_dir), torch.device("cpu"))
+    config = config_mod.TrainConfig(aux=("social", "category"), method=method, batch_size=batch).validate()
+    model, plan = loop.build_training(config, data, torch.device("cpu"))
+    sampler = torch.Generator().manual_seed(1)
+    train_step = step_mod.train_step
+    if "info" in inspect.signature(train_step).parameters:  # the step before StepInfo moved inside it
+        info = importlib.import_module(f"{package}.aggregators.base").StepInfo(epoch=3)
+        extra: tuple = (info, None)
+    else:
+        extra = (3, 0, plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0]))
+
+    def step() -> None:
+        idx = torch.randint(len(data.train), (batch,), generator=sampler)
+        train_step(model, plan, data.train.a[idx], data.train.b[idx], sampler, *extra)
+
+    return step
 
 
 def main() -> None:
@@ -53,42 +78,41 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="checkout of the code before the change")
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset (e.g. data/ciao)")
     parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=4, help="before/after alternations (order flips each)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (medians reported)")
     args = parser.parse_args()
     print_machine()
-    for name, tree in (("before", args.before), ("after", AFTER)):
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True
-        )
-        print(f"{name}: {tree} at {sha.stdout.strip() or '?'}")
-    print(
-        f"data {args.data} · batch {args.batch_size} · {args.rounds} rounds of {args.steps} steps per process"
-    )
-    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    for pair in range(args.pairs):
-        order = [("before", args.before), ("after", AFTER)]
-        for name, tree in order if pair % 2 == 0 else order[::-1]:
-            results[name].append(run(tree, args))
-            print(
-                f"  pair {pair} {name:<6} " + "  ".join(f"{k} {v:.2f}" for k, v in results[name][-1].items())
-            )
-    print("median over processes, ms/step; after/before: median of the ratios within each pair (adjacent in")
-    print("time, so robust to the machine's drift) and, in brackets, the ratio of the medians:")
-    for kind in ("pmtrec", "ew"):
-        before = statistics.median(r[kind] for r in results["before"])
-        after = statistics.median(r[kind] for r in results["after"])
-        paired = statistics.median(
-            a[kind] / b[kind] for a, b in zip(results["after"], results["before"], strict=True)
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        before = import_renamed(args.before, Path(tmp))
+        steps = {
+            (version, method): make_step(package, args.data, method, args.batch_size)
+            for version, package in (("before", before), ("after", "recmtl"))
+            for method in ("pmtrec", "ew")
+        }
+        print(f"before: {args.before} · after: {Path(__file__).resolve().parents[1]}")
+        print(f"data {args.data} · batch {args.batch_size} · {args.rounds} rounds of {args.steps} steps")
+        for fn in steps.values():
+            fn()  # warm-up
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+        keys = list(steps)
+        for r in range(args.rounds):
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    steps[key]()
+                times[key].append((time.perf_counter() - start) * 1000 / args.steps)
+    print("ms/step, median over rounds; after/before: median of the per-round ratios")
+    for method in ("pmtrec", "ew"):
+        b, a = times[("before", method)], times[("after", method)]
+        ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
         print(
-            f"  {kind:<7} before {before:7.2f}   after {after:7.2f}   "
-            f"after/before {paired:.3f}x ({after / before:.3f}x)"
+            f"  {method:<7} before {statistics.median(b):7.2f}   after {statistics.median(a):7.2f}   "
+            f"after/before {ratio:.3f}x"
         )
-    for name in ("before", "after"):
-        ratio = statistics.median(r["pmtrec"] / r["ew"] for r in results[name])
-        print(f"  pmtrec / ew ({name}): {ratio:.3f}x   (target <= 1.2x)")
+    for version in ("before", "after"):
+        p, e = times[(version, "pmtrec")], times[(version, "ew")]
+        ratio = statistics.median(x / y for x, y in zip(p, e, strict=True))
+        print(f"  pmtrec / ew ({version}): {ratio:.3f}x   (target <= 1.2x)")
 
 
 if __name__ == "__main__":
