@@ -80,6 +80,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: A task loss whose magnitude exceeds this many times its value at the epoch's first step (at least 1) has
+#: diverged: training stops as for a NaN loss. Legitimate losses stay far below (BPR starts at ln 2).
+DIVERGED = 1e4
+
 #: Row groups for logging the mean aggregation weights: item rows, then users by training activity
 #: (terciles of the per-user training interaction count: cold <= q1/3 < mid <= q2/3 < heavy).
 ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
@@ -264,8 +268,8 @@ def run_epoch(
     callbacks: Callbacks,
 ) -> tuple[dict[str, Any], State]:
     """One pass over the shuffled training pairs. Returns the epoch's record (mean loss and mean logged
-    weight per task and per user-activity group; an ``error`` entry if a loss became NaN or inf) and the
-    aggregator state."""
+    weight per task and per user-activity group; an ``error`` entry if a loss became NaN or inf or grew
+    beyond ``DIVERGED`` times its value at the epoch's first step) and the aggregator state."""
     device = model.weight.device
     n_train, n_tasks = len(data.train), plan.n_tasks
     n_steps = math.ceil(n_train / config.batch_size)
@@ -274,7 +278,11 @@ def run_epoch(
     loss_sum = torch.zeros(n_tasks, device=device)
     weight_sum = torch.zeros(plan.n_groups, n_tasks, device=device)
     weight_count = torch.zeros(plan.n_groups, n_tasks, device=device)
-    first_bad = torch.full((n_tasks,), -1, dtype=torch.long, device=device)  # no sync inside the loop
+    # per task: the first step whose loss is not finite or beyond DIVERGED × the epoch's first loss (no
+    # sync inside the loop), that loss, and the bound it broke
+    first_bad = torch.full((n_tasks,), -1, dtype=torch.long, device=device)
+    bad_loss = torch.zeros(n_tasks, device=device)
+    bound = torch.full((n_tasks,), math.inf, device=device)
     for step in range(n_steps):
         idx = order[step * config.batch_size : (step + 1) * config.batch_size]
         out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, epoch, step, agg_state)
@@ -282,17 +290,26 @@ def run_epoch(
         loss_sum += out.losses
         weight_sum += out.weight_sum
         weight_count += out.weight_count
-        bad = ~torch.isfinite(out.losses) & (first_bad < 0)
+        if step == 0:
+            bound = DIVERGED * out.losses.abs().clamp(min=1.0).nan_to_num(nan=math.inf)
+        bad = (~torch.isfinite(out.losses) | (out.losses.abs() > bound)) & (first_bad < 0)
         first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+        bad_loss = torch.where(bad, out.losses, bad_loss)
         callbacks.on_step(epoch, step)
 
     names = [t.name for t in plan.tasks]
     record: dict[str, Any] = {"epoch": epoch}
-    bad = [(int(s), names[t]) for t, s in enumerate(first_bad.tolist()) if s >= 0]
+    bad = [(int(s), names[t], float(bad_loss[t])) for t, s in enumerate(first_bad.tolist()) if s >= 0]
     if bad:
         step = min(bad)[0]
-        culprits = ", ".join(name for s, name in bad if s == step)
-        record["error"] = f"loss of task {culprits} became NaN or inf at epoch {epoch}, step {step}"
+        culprits = [(name, loss) for s, name, loss in bad if s == step]
+        what = "became NaN or inf" if not all(math.isfinite(v) for _, v in culprits) else "exploded"
+        tasks = ", ".join(name for name, _ in culprits)
+        values = ", ".join(f"{name} {loss:.3g}" for name, loss in culprits)
+        record["error"] = (
+            f"loss of task {tasks} {what} at epoch {epoch}, step {step} ({values}): "
+            f"training diverged; lower --lr (now {config.lr:g})"
+        )
         return record, agg_state
     active = set(plan.active_tasks)
 

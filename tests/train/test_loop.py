@@ -572,3 +572,20 @@ def test_upgrading_a_0_1_config_drops_options_of_another_method():
     }
     today = {"method": {"name": "pmtrec", "alpha": 1.2}, "lr": 0.1}
     assert upgrade_train_config(today) == today
+
+
+def test_a_loss_that_explodes_stops_training_and_names_the_learning_rate(tiny_data, tmp_path):
+    """--lr 1e9: the losses stay finite for a while but grow by many orders of magnitude."""
+    with pytest.raises(TrainingDiverged) as err:
+        fit(quick_config(tiny_data, aux=("social",), lr=1e9), tmp_path / "r")
+    message = str(err.value)
+    assert "exploded" in message and "epoch 0" in message and "lower --lr (now 1e+09)" in message
+    assert "\n" not in message
+    assert not (tmp_path / "r" / "last.safetensors").exists()
+
+
+def test_ordinary_training_never_trips_the_divergence_bound(tiny_data, tmp_path):
+    """The bound leaves room: the usual learning rates, every task, several epochs."""
+    aux = ("social", "category", "coview", "align", "uniform", "rating")
+    result = fit(quick_config(tiny_data, aux=aux, lr=0.05, epochs=4), tmp_path / "r")
+    assert len(result.history) == 4
