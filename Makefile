@@ -11,7 +11,10 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test lint format bench clean venv study-ciao study-synthetic
+.PHONY: demo test lint format bench clean venv study-ciao study-synthetic help
+
+# `make` alone (or `make help`) lists the targets with the `## ` comment on their line.
+.DEFAULT_GOAL := help
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,43 +25,46 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) ## create .venv and install recmtl with its test extras (TORCH_SPEC picks torch)
 
 # The main job on the synthetic default: prepare -> train (PMTRec with social, category and co-view
 # auxiliary tasks) -> evaluate on the test split. A few minutes on 2 CPU cores.
-demo: $(STAMP)
+demo: $(STAMP) ## prepare -> train -> evaluate on the synthetic default (a few minutes on 2 CPU cores)
 	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out $(DEMO_DATA) --overwrite
 	rm -rf $(DEMO_RUN)
 	$(BIN)/recmtl train $(DEMO_DATA) --config configs/demo.toml --name $(notdir $(DEMO_RUN)) --runs-dir $(dir $(DEMO_RUN))
 	$(BIN)/recmtl evaluate $(DEMO_RUN)
 
-test: $(STAMP)
+test: $(STAMP) ## run the test suite (real-data tests need RECMTL_SHARED_DATA or ../shared/data)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff check and ruff format --check
 	$(BIN)/ruff check recmtl cli tests benchmarks
 	$(BIN)/ruff format --check recmtl cli tests benchmarks
 
-format: $(STAMP)
+format: $(STAMP) ## ruff format the sources
 	$(BIN)/ruff format recmtl cli tests benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP) ## run benchmarks/ (prepare, training step, evaluation), appending to benchmarks/results/
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_train_step.py
 	$(BIN)/python benchmarks/bench_evaluate.py
 
 # docs/results.md: single / ew / pmtrec on Ciao (--aux social,category), 3 seeds each, test metrics.
 CIAO_RAW ?= ../shared/data/ciao
-study-ciao: $(STAMP)
+study-ciao: $(STAMP) ## docs/results.md's Ciao table (raw files from CIAO_RAW, default ../shared/data/ciao)
 	$(BIN)/recmtl prepare --recipe datasets/ciao.toml --raw $(CIAO_RAW) --out data/ciao --overwrite --quiet
 	$(BIN)/python benchmarks/study.py --data data/ciao --aux social,category --methods single,ew,pmtrec \
 		--seeds 0,1,2 --lr 0.005 --runs-dir runs/study-ciao
 
 # The synthetic quality check: pmtrec with informative auxiliary tasks vs single, 3 seeds.
-study-synthetic: $(STAMP)
+study-synthetic: $(STAMP) ## the synthetic check: pmtrec vs single, 3 seeds
 	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out $(DEMO_DATA) --overwrite --quiet
 	$(BIN)/python benchmarks/study.py --data $(DEMO_DATA) --config configs/demo.toml \
 		--methods single,pmtrec --seeds 0,1,2 --runs-dir runs/study-synthetic
 
-clean:
+clean: ## remove .venv, data/, runs/ and .pytest_cache
 	rm -rf $(VENV) data runs .pytest_cache
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1\t\2/' | expand -t 18

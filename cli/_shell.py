@@ -10,28 +10,42 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from recmtl.errors import RecmtlError
+from recmtl.train.loop import TrainingInterrupted
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Whether a command already printed its "interrupted: ..." line (``cli.main`` then adds none).
+interrupt_reported = False
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, one line (the message is never read as rich markup)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), emoji=False)
+
 
 def user_errors(func: F) -> F:
-    """Print a RecmtlError as ``error: <message>`` on stderr and exit 1; Ctrl-C exits 130, no traceback."""
+    """Print a RecmtlError as ``error: <message>`` on stderr and exit 1; Ctrl-C exits 130 with one line
+    (training's says which epochs are kept and how to resume), no traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global interrupt_reported
         try:
             return func(*args, **kwargs)
         except RecmtlError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, emoji=False)
+            print_error(str(exc))
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted: nothing half-written was kept")
+        except KeyboardInterrupt as exc:
+            detail = str(exc) if isinstance(exc, TrainingInterrupted) else "nothing half-written was kept"
+            err_console.print(f"interrupted: {detail}", markup=False, emoji=False)
             sys.stderr.flush()
+            interrupt_reported = True
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

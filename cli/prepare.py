@@ -22,9 +22,16 @@ Opt = typer.Option
 
 @user_errors
 def prepare(
-    out: Annotated[Path, Opt("--out", "-o", help="Output directory (written atomically).")] = Path(
-        "data/synthetic"
-    ),
+    out: Annotated[
+        Path | None,
+        Opt(
+            "--out",
+            "-o",
+            help="Output directory, written atomically (default: data/NAME with --recipe, NAME the recipe's "
+            "name or file stem; else data/synthetic).",
+            show_default=False,
+        ),
+    ] = None,
     recipe: Annotated[
         Path | None, Opt(help="Dataset recipe (datasets/*.toml); options below override it.")
     ] = None,
@@ -48,7 +55,12 @@ def prepare(
     ] = None,
     seed: Annotated[int | None, Opt(help="Seed for the split and the synthetic generator.")] = None,
     aux: Annotated[
-        str | None, Opt(help="Auxiliary tables to write: social,category,item_item (default: all).")
+        str | None,
+        Opt(
+            help="Auxiliary tables to write, comma-separated: social (social.parquet), category "
+            "(item_category.parquet + categories.parquet), item_item (item_item.parquet, which train "
+            "--aux coview and cobuy read). Default: all the source provides."
+        ),
     ] = None,
     symmetric_social: Annotated[bool | None, Opt(help="Add the reverse of every social edge.")] = None,
     mat_key: Annotated[str | None, Opt(help="tang: key of the rating array in the .mat file.")] = None,
@@ -126,9 +138,12 @@ def prepare(
     if synthetic:
         overrides["synthetic"] = synthetic
     if recipe is not None:
-        config = load_recipe(recipe).config(overrides)
+        loaded = load_recipe(recipe)
+        config = loaded.config(overrides)
+        out = out or Path("data") / (loaded.prepare.get("name") or loaded.path.stem)
     else:
         config = build(PrepareConfig, overrides, where="command line")
+        out = out or Path("data/synthetic")
     if quiet:
         manifest = run_prepare(config, out, overwrite=overwrite)
     else:

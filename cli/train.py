@@ -36,10 +36,15 @@ def epoch_summary(record: dict[str, Any], metric: str) -> str:
 class ProgressCallbacks:
     """A transient rich progress bar over the current epoch's steps, and one summary line per epoch."""
 
-    def __init__(self, progress: Progress, select_metric: str) -> None:
+    def __init__(self, progress: Progress, select_metric: str, run_dir: Path) -> None:
         self.progress = progress
         self.metric = select_metric
+        self.run_dir = run_dir
         self.task_id: Any = None
+
+    def on_resume(self, start_epoch: int, reason: str) -> None:
+        line = LogCallbacks.resume_line(self.run_dir, start_epoch, reason)
+        self.progress.console.print(line, highlight=False, soft_wrap=True, markup=False)
 
     def on_epoch_start(self, epoch: int, n_steps: int) -> None:
         if self.task_id is not None:
@@ -56,8 +61,19 @@ class ProgressCallbacks:
 class LogCallbacks:
     """--quiet: one plain line per epoch, for logs."""
 
-    def __init__(self, select_metric: str) -> None:
+    def __init__(self, select_metric: str, run_dir: Path) -> None:
         self.metric = select_metric
+        self.run_dir = run_dir
+
+    @staticmethod
+    def resume_line(run_dir: Path, start_epoch: int, reason: str) -> str:
+        """Where a resumed run restarts: ``resuming runs/x at epoch 3 (epochs 0-2 kept)``."""
+        if start_epoch == 0:
+            return f"resuming {run_dir} from epoch 0: {reason}"
+        return f"resuming {run_dir} at epoch {start_epoch} ({reason})"
+
+    def on_resume(self, start_epoch: int, reason: str) -> None:
+        print(self.resume_line(self.run_dir, start_epoch, reason), flush=True)
 
     def on_epoch_start(self, epoch: int, n_steps: int) -> None:
         return None
@@ -69,9 +85,15 @@ class LogCallbacks:
         print(epoch_summary(record, self.metric), flush=True)
 
 
-def _default_name(config: TrainConfig) -> str:
+def _default_name(config: TrainConfig, runs_dir: Path) -> str:
+    """DATA-METHOD-AUX-sSEED, or the first of its -2, -3, ... variants with no directory in ``runs_dir``."""
     aux = "+".join(config.aux) if config.aux else "noaux"
-    return f"{config.data.name}-{config.method.name}-{aux}-s{config.seed}"
+    base = f"{config.data.name}-{config.method.name}-{aux}-s{config.seed}"
+    name, n = base, 1
+    while (runs_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def parse_method_options(items: list[str]) -> dict[str, str]:
@@ -88,7 +110,14 @@ def parse_method_options(items: list[str]) -> dict[str, str]:
 @user_errors
 @config_options(TrainConfig, skip=("data",))
 def train(
-    data_dir: Annotated[Path | None, typer.Argument(help=DATA_HELP)] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DATA_DIR",
+            help=f"{DATA_HELP} Required, unless --resume or a --config file with `data` gives it.",
+            show_default=False,
+        ),
+    ] = None,
     method_opt: Annotated[
         list[str] | None,
         Opt(
@@ -138,19 +167,23 @@ def train(
         config = build(TrainConfig, overrides, base=base, where="command line")
         if "data" not in overrides and base is None:
             raise ConfigError("missing DATA_DIR: the prepared dataset to train on (e.g. data/synthetic)")
-        run_dir = runs_dir / (config.name or _default_name(config))
+        run_dir = runs_dir / (config.name or _default_name(config, runs_dir))
     config = config.validate()
     tune_allocator()
     if quiet:
-        result = fit(config, run_dir, resume=resume is not None, callbacks=LogCallbacks(config.select_metric))
+        callbacks = LogCallbacks(config.select_metric, run_dir)
+        result = fit(config, run_dir, resume=resume is not None, callbacks=callbacks)
     else:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        with Progress(*columns, console=console, transient=True) as progress:
+        # (not on a non-interactive console: a bar that cannot be drawn only leaves a blank line behind)
+        with Progress(
+            *columns, console=console, transient=True, disable=not console.is_interactive
+        ) as progress:
             result = fit(
                 config,
                 run_dir,
                 resume=resume is not None,
-                callbacks=ProgressCallbacks(progress, config.select_metric),
+                callbacks=ProgressCallbacks(progress, config.select_metric, run_dir),
             )
     how = "stopped early" if result.stopped_early else "finished"
     console.print(
@@ -169,6 +202,14 @@ def evaluate(
         int | None, Opt(help="Users scored at a time (default: ~128 MB of scores).")
     ] = None,
     as_json: Annotated[bool, Opt("--json", help="Print machine-readable JSON instead of a table.")] = False,
+    data: Annotated[
+        Path | None,
+        Opt(
+            "--data",
+            help="The run's dataset at another place (default: the path in the run's config.json); "
+            "accepted only if its data hash is the run's.",
+        ),
+    ] = None,
 ) -> None:
     """Full-ranking top-K evaluation of a run's best checkpoint over all items.
 
@@ -186,11 +227,12 @@ def evaluate(
         raise ConfigError(f"--users-chunk {users_chunk}: expected at least 1")
     tune_allocator()
     report, _ = evaluate_run(
-        run_dir, split=split, ks=ks, device=resolve_device(device), users_chunk=users_chunk
+        run_dir, split=split, ks=ks, device=resolve_device(device), users_chunk=users_chunk, data=data
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        console.print(
-            metrics_table(report.metrics, report.ks, title=f"{run_dir} · {split} · {report.n_users:,} users")
-        )
+        # the heading on its own line: a table title would wrap at the (narrow) table's width
+        console.print(f"{run_dir} · {split} · {report.n_users:,} users", soft_wrap=True, highlight=False)
+        console.print(metrics_table(report.metrics, report.ks))
+        console.print(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'per_user.parquet'}", soft_wrap=True)

@@ -8,6 +8,7 @@ errors, never silently ignored, and every resolved config is saved with its outp
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -180,7 +181,11 @@ def build_method(value: Any, base: Aggregator, *, where: str = "config") -> Aggr
     name = options.pop("name", base.name)
     if not isinstance(name, str):
         raise ConfigError(f"{where}: method name: expected a string, got {name!r}")
-    cls = aggregator_class(name)
+    try:
+        cls = aggregator_class(name)
+    except ConfigError as exc:  # on the command line: "--method NAME: unknown method; known: ..."
+        label = flag("method") if where == "command line" else f"{where}: method"
+        raise ConfigError(f"{label} {exc}") from None
     try:
         check_option_names(cls, options)
     except ConfigError as exc:
@@ -227,6 +232,10 @@ def to_jsonable(obj: Any) -> Any:
 #: Auxiliary task names accepted by ``--aux`` (METHODS.md §2); ``rec`` is always on.
 AUX_TASKS = ("social", "category", "coview", "cobuy", "align", "uniform", "rating")
 
+#: The metric names ``--select-metric`` accepts: :data:`recmtl.eval.metrics.METRICS` (not imported, as
+#: recmtl.eval imports this module; a test holds the two equal).
+METRIC_NAMES = ("recall", "precision", "hit", "ndcg", "mrr", "map")
+
 
 def _opt(default: Any = None, help: str = "", **meta: Any) -> Any:
     """A config field with its one-line help (``flag`` overrides the command-line name)."""
@@ -251,7 +260,11 @@ class TrainConfig:
     """
 
     data: Path = _opt(Path("data/synthetic"), "Prepared dataset (recmtl prepare output).")
-    name: str | None = _opt(None, "Run name (default: DATA-METHOD-AUX-sSEED).")
+    name: str | None = _opt(
+        None,
+        "Run name (default: DATA-METHOD-AUX-sSEED, or the first free of DATA-METHOD-AUX-sSEED-2, -3, ... "
+        "when that run directory exists).",
+    )
     aux: tuple[str, ...] = _opt((), f"Auxiliary tasks, comma-separated: {', '.join(AUX_TASKS)}.")
     method: Aggregator = _opt(
         PMTRec(),
@@ -288,17 +301,23 @@ class TrainConfig:
             raise ConfigError(f"--aux: unknown task {unknown[0]!r} (known: {', '.join(AUX_TASKS)})")
         if len(set(self.aux)) != len(self.aux):
             raise ConfigError(f"--aux: a task is listed twice in {','.join(self.aux)}")
+        choices = [
+            ("mode", self.mode, ("row", "global")),
+            ("init", self.init, ("normal", "xavier")),
+            ("device", self.device, ("auto", "cpu", "cuda")),
+        ]
+        for name, value, allowed in choices:
+            if value not in allowed:
+                expected = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+                raise ConfigError(f"{flag(name)} {value}: expected {expected}")
         checks = [
-            (self.mode in ("row", "global"), "mode", self.mode, "row or global"),
-            (self.init in ("normal", "xavier"), "init", self.init, "normal or xavier"),
-            (self.device in ("auto", "cpu", "cuda"), "device", self.device, "auto, cpu or cuda"),
             (self.dim >= 1, "dim", self.dim, "at least 1"),
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
             ((self.aux_batch_size or 1) >= 1, "aux_batch_size", self.aux_batch_size, "at least 1"),
             (self.negatives >= 1, "negatives", self.negatives, "at least 1"),
-            (self.lr > 0, "lr", self.lr, "positive"),
-            (self.init_std > 0, "init_std", self.init_std, "positive"),
+            (0 < self.lr < math.inf, "lr", self.lr, "a positive finite number"),
+            (0 < self.init_std < math.inf, "init_std", self.init_std, "a positive finite number"),
             (self.eval_every >= 1, "eval_every", self.eval_every, "at least 1"),
             (self.patience >= 1, "patience", self.patience, "at least 1"),
             (len(self.ks) > 0 and all(k >= 1 for k in self.ks), "ks", self.ks, "positive cut-offs"),
@@ -313,6 +332,11 @@ class TrainConfig:
                 f"--method {self.method.name} does not support --mode {self.mode} (supports: {supported})"
             )
         metric, _, k = self.select_metric.partition("@")
+        if metric not in METRIC_NAMES:
+            raise ConfigError(
+                f"--select-metric {self.select_metric!r}: unknown metric {metric!r} "
+                f"(expected NAME@K with NAME one of {', '.join(METRIC_NAMES)})"
+            )
         if not k.isdigit() or int(k) not in self.ks:
             raise ConfigError(
                 f"--select-metric {self.select_metric!r}: expected NAME@K with K in {list(self.ks)}"

@@ -15,7 +15,6 @@ Checkpoints are safetensors: loading them never unpickles arbitrary objects.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from recmtl.config import upgrade_train_config
-from recmtl.data.store import atomic_write_text
+from recmtl.data.store import atomic_file, atomic_write_text
 from recmtl.errors import RecmtlError
 
 CONFIG = "config.json"
@@ -38,10 +37,9 @@ STATE_KEY = "recmtl_state"
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Atomically write ``tensors`` (made contiguous, on CPU) with ``meta`` stored as JSON metadata."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(cpu, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(cpu, str(tmp), metadata={STATE_KEY: json.dumps(meta)})
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -56,6 +54,16 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as exc:
         raise RecmtlError(f"{path}: not a readable recmtl checkpoint ({exc})") from None
     return tensors, meta
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The last finished epoch a resumable checkpoint (last.safetensors) holds, read from its metadata
+    alone; -1 if there is no readable checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return int(json.loads((fh.metadata() or {})[STATE_KEY])["loop"]["epoch"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return -1
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -81,7 +89,5 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.parquet atomically from the per-epoch records."""
-    path = Path(run_dir) / METRICS
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    pl.DataFrame(history).write_parquet(tmp)
-    tmp.replace(path)
+    with atomic_file(Path(run_dir) / METRICS) as tmp:
+        pl.DataFrame(history).write_parquet(tmp)

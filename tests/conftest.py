@@ -13,10 +13,11 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def shared_dataset(name: str) -> Path:
-    """Path of a real dataset under ../shared/data, skipping the test when it is absent."""
+    """Path of a real dataset under $RECMTL_SHARED_DATA (default ../shared/data), skipping the test when it
+    is absent."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"{path} not available (real datasets live in ../shared/data)")
+        pytest.skip(f"{path} not available: set RECMTL_SHARED_DATA to the folder that holds {name}/")
     return path
 
 

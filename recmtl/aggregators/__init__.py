@@ -40,7 +40,7 @@ def aggregator_class(name: str) -> type[Aggregator]:
     """The class registered as ``name``; ConfigError listing the known names otherwise."""
     cls = AGGREGATORS.get(name)
     if cls is None:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(AGGREGATORS)} (see `recmtl methods`)")
+        raise ConfigError(f"{name}: unknown method; known: {', '.join(AGGREGATORS)} (see `recmtl methods`)")
     return cls
 
 

@@ -26,7 +26,7 @@ from recmtl.data.schema import (
     split_schema,
 )
 from recmtl.data.sources import get_reader
-from recmtl.data.store import MANIFEST, atomic_directory, atomic_write_text, write_table
+from recmtl.data.store import MANIFEST, atomic_directory, atomic_write_text, check_output, write_table
 from recmtl.errors import ConfigError, RecmtlError
 
 Progress = Callable[[str], None]
@@ -42,8 +42,7 @@ def prepare(config: PrepareConfig, out: Path, *, overwrite: bool = False, progre
     ``progress`` is called with a short description before each stage (the CLI shows it).
     """
     out = Path(out)
-    if out.exists() and not overwrite:  # fail before the (possibly long) read
-        raise RecmtlError(f"{out}: output directory exists (pass --overwrite to replace it)")
+    check_output(out, overwrite=overwrite)  # fail before the (possibly long) read
     split_spec = steps.SplitSpec.parse(config.split)
     _check_aux_names(config.aux)
     progress(f"reading {config.source}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recmtl.config import PrepareConfig, build, read_toml
+from recmtl.data.sources import SOURCES
 from recmtl.errors import ConfigError
 
 TOP_LEVEL = {"description", "prepare", "expected"}
@@ -41,5 +42,7 @@ def load_recipe(path: Path) -> Recipe:
     if not isinstance(prepare, dict):
         raise ConfigError(f"{path}: [prepare] must be a table")
     recipe = Recipe(path, str(data.get("description", "")), prepare, dict(data.get("expected", {})))
-    recipe.config()  # validate keys and types now, with the recipe's path in the message
+    source = recipe.config().source  # validate keys and types now, with the recipe's path in the message
+    if source not in SOURCES:
+        raise ConfigError(f"{path}: unknown source {source!r} (known: {', '.join(SOURCES)})")
     return recipe

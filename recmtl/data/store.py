@@ -37,37 +37,76 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
     A failure or interrupt (any exception, KeyboardInterrupt included) removes the temporary directory and
     leaves an existing ``out`` untouched. An existing ``out`` is an error unless ``overwrite``; then it is
-    replaced only after the new one is complete.
+    replaced only after the new one is complete, and only if it is empty or a recmtl prepare output (holds
+    a recmtl ``manifest.json``): ``--overwrite`` never deletes a directory recmtl did not write.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RecmtlError(f"{out}: output directory exists (pass --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise RecmtlError(f"{out}: exists and is not a directory")
+    check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
         if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old.exists() and not out.exists():
+            old.rename(out)  # the new directory never arrived: put the previous one back
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output(out: Path, *, overwrite: bool = False) -> None:
+    """A one-line error unless ``out`` may be written: it does not exist, or ``overwrite`` and it is an
+    empty directory or a recmtl prepare output (holds a recmtl ``manifest.json``)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RecmtlError(f"{out}: is a file, not a directory (--out names the directory to write)")
+    if not _replaceable(out):
+        raise RecmtlError(
+            f"{out}: output directory exists and is not a recmtl prepare output (not empty, no recmtl "
+            f"{MANIFEST}), so --overwrite will not replace it; remove it yourself or choose another --out"
+        )
+    if not overwrite:
+        raise RecmtlError(f"{out}: output directory exists (pass --overwrite to replace it)")
+
+
+def _replaceable(directory: Path) -> bool:
+    """Whether ``--overwrite`` may replace ``directory``: it is empty or holds a recmtl manifest.json."""
+    if not any(directory.iterdir()):
+        return True
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and "tables" in manifest and "counts" in manifest
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it into place when the block ends, or remove
+    it on any exception (KeyboardInterrupt included): ``path`` is either its old or its new content."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling of ``path``, then rename it into place."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write ``text`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_table(frame: pl.DataFrame, path: Path, schema: pa.Schema) -> str:

@@ -15,7 +15,7 @@ import polars as pl
 import torch
 
 from recmtl.config import TrainConfig, build
-from recmtl.data.store import open_dataset, sha256_file
+from recmtl.data.store import atomic_file, open_dataset, sha256_file
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
 from recmtl.eval.ranking import RankingResult, rank_users
@@ -52,18 +52,35 @@ def evaluate_run(
     device: torch.device | str = "cpu",
     users_chunk: int | None = None,
     write: bool = True,
+    data: Path | None = None,
 ) -> tuple[EvalReport, RankingResult]:
     """Full-ranking evaluation of ``run_dir``'s best checkpoint on ``split``; writes the outputs unless not
-    ``write``."""
+    ``write``.
+
+    The dataset is the one config.json names, or ``data`` (the same dataset elsewhere, e.g. after moving
+    it): accepted only if its data hash is the run's."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
     config = build(TrainConfig, saved.get("config", {}), where=f"{run_dir}/config.json")
     checkpoint = run_dir / BEST
     if not checkpoint.is_file():
         raise RecmtlError(f"{run_dir}: no {BEST} checkpoint (the run has not finished an epoch)")
-    dataset = open_dataset(config.data)
-    if dataset.data_hash != saved.get("data", {}).get("hash"):
-        raise RecmtlError(f"{config.data}: the data changed since {run_dir} was trained (hash mismatch)")
+    if data is not None:
+        dataset = open_dataset(data)
+        if dataset.data_hash != saved.get("data", {}).get("hash"):
+            raise RecmtlError(
+                f"--data {data}: its data hash differs from the run's, so it is not the dataset "
+                f"{run_dir} was trained on ({config.data})"
+            )
+    else:
+        if not Path(config.data).exists():
+            raise RecmtlError(
+                f"{config.data}: dataset not found (the path comes from {run_dir / 'config.json'}; "
+                "if the dataset moved, pass --data DIR)"
+            )
+        dataset = open_dataset(config.data)
+        if dataset.data_hash != saved.get("data", {}).get("hash"):
+            raise RecmtlError(f"{config.data}: the data changed since {run_dir} was trained (hash mismatch)")
     tensors, meta = load_tensors(checkpoint)
     model = MFModel.from_state_tensors(tensors)
     device = torch.device(device)
@@ -98,7 +115,6 @@ def evaluate_run(
             }
             | {name: values.numpy() for name, values in result.per_user.items()}
         )
-        tmp = run_dir / ".per_user.parquet.tmp"
-        frame.write_parquet(tmp)
-        tmp.replace(run_dir / "per_user.parquet")
+        with atomic_file(run_dir / "per_user.parquet") as tmp:
+            frame.write_parquet(tmp)
     return report, result

@@ -28,6 +28,7 @@ from recmtl.runs import (
     BEST,
     CONFIG,
     LAST,
+    checkpoint_epoch,
     load_tensors,
     read_run_config,
     save_tensors,
@@ -42,12 +43,19 @@ from recmtl.train.step import RowWorkspace, StepPlan, train_step
 class Callbacks(Protocol):
     """What the loop reports while it runs (the CLI draws progress bars from it)."""
 
+    def on_resume(self, start_epoch: int, reason: str) -> None:
+        """A resumed run continues at ``start_epoch``; ``reason`` says what was kept ("epochs 0-2 kept",
+        "no epoch had finished"), and whether the run had already ended."""
+
     def on_epoch_start(self, epoch: int, n_steps: int) -> None: ...
     def on_step(self, epoch: int, step: int) -> None: ...
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
 class NoCallbacks:
+    def on_resume(self, start_epoch: int, reason: str) -> None:
+        return None
+
     def on_epoch_start(self, epoch: int, n_steps: int) -> None:
         return None
 
@@ -60,6 +68,33 @@ class NoCallbacks:
 
 class TrainingDiverged(RecmtlError):
     """A task's loss became NaN or inf."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training once the run directory exists: which epochs are kept and how to resume.
+
+    ``last_epoch`` is the last epoch whose checkpoint (last.safetensors) was written, -1 if none was.
+    """
+
+    def __init__(self, run_dir: Path, last_epoch: int) -> None:
+        super().__init__(str(run_dir), last_epoch)
+        self.run_dir, self.last_epoch = Path(run_dir), last_epoch
+
+    @staticmethod
+    def kept(last_epoch: int) -> str:
+        """What a run keeps after ``last_epoch`` (-1: none) finished: "epochs 0-2 kept", ..."""
+        if last_epoch < 0:
+            return "no epoch had finished"
+        return "epoch 0 kept" if last_epoch == 0 else f"epochs 0-{last_epoch} kept"
+
+    def __str__(self) -> str:
+        if self.last_epoch < 0:
+            what = f"no epoch had finished in {self.run_dir} (a resume starts from epoch 0)"
+        elif self.last_epoch == 0:
+            what = f"epoch 0 is kept in {self.run_dir}"
+        else:
+            what = f"epochs 0-{self.last_epoch} are kept in {self.run_dir}"
+        return f"{what}; continue with: recmtl train --resume {self.run_dir}"
 
 
 @dataclass
@@ -118,15 +153,19 @@ def package_versions() -> dict[str, str]:
 
 
 def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.device) -> dict[str, Any]:
-    """What config.json records: every resolved option, the data identity, versions and device."""
+    """What config.json records: every resolved option, the data identity, versions and device.
+
+    The data path is stored absolute (``config.data`` and ``data.path``), so the run can be evaluated or
+    resumed from any working directory."""
+    data = {"path": str(Path(dataset.root).resolve()), "name": dataset.manifest.get("name")}
     return {
-        "config": to_jsonable(config),
+        "config": to_jsonable(config) | {"data": str(Path(config.data).resolve())},
         "method": {
             "name": config.method.name,
             "mode": config.mode,
             "variant": config.method.label(config.mode),
         },
-        "data": {"path": str(dataset.root), "name": dataset.manifest.get("name"), "hash": dataset.data_hash},
+        "data": data | {"hash": dataset.data_hash},
         "versions": package_versions(),
         "device": str(device),
         "backend": "torch",
@@ -134,7 +173,10 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
 
 
 def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to resume with an option (or a method option) other than the one the run was started with."""
+    """Refuse to resume with an option (or a method option) other than the one the run was started with.
+
+    Only ``epochs`` may grow: a larger ``--epochs`` extends a finished or interrupted run. A relative data
+    path (saved by earlier versions) is compared resolved against the working directory."""
 
     def shown(value: Any) -> str:
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -143,6 +185,10 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
     for key in sorted(set(saved) | set(new)):
         old, now = saved.get(key), new.get(key)
         if key == "device" or old == now:
+            continue
+        if key == "epochs" and isinstance(old, int) and isinstance(now, int) and now > old:
+            continue  # extending the run
+        if key == "data" and old and now and Path(old).resolve() == Path(now).resolve():
             continue
         if key == "method" and isinstance(old, dict) and isinstance(now, dict):
             if old.get("name") != now.get("name"):
@@ -153,9 +199,12 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
             found.append((flag(key), old, now))
     if found:
         option, old, now = found[0]
+        hint = "start a new run to change it"
+        if option == "--epochs":
+            hint = "only a larger --epochs may extend a run"
         raise RecmtlError(
             f"--resume {run_dir}: option {option} is {shown(now)} but the run was started with "
-            f"{shown(old)} (start a new run to change it)"
+            f"{shown(old)} ({hint})"
         )
 
 
@@ -174,8 +223,17 @@ def fit(
         _compare_configs(saved.get("config", {}), meta["config"], run_dir)
         if saved.get("data", {}).get("hash") != meta["data"]["hash"]:
             raise RecmtlError(f"--resume {run_dir}: the data in {config.data} differs from the run's data")
+        if saved.get("config", {}).get("epochs") != config.epochs:  # extended with a larger --epochs
+            write_json(run_dir / CONFIG, saved | {"config": meta["config"]})
     elif (run_dir / CONFIG).exists():
         raise RecmtlError(f"{run_dir}: run directory exists (use --resume to continue it, or another --name)")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise RecmtlError(f"{run_dir}: is a file, not a run directory (choose another --name or --runs-dir)")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RecmtlError(
+            f"{run_dir}: directory exists, is not empty and has no {CONFIG} (not a recmtl run directory); "
+            "choose another --name or --runs-dir"
+        )
 
     data = TrainData.load(dataset, device)
     model, plan = build_training(config, data, device)  # fails on a missing table before any training
@@ -183,46 +241,61 @@ def fit(
     agg_state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0])
     if resume and (run_dir / LAST).is_file():
         loop, agg_state = _restore(run_dir, model, plan, agg_state)
+        # last.safetensors is written before metrics.parquet: after a crash between the two the table is
+        # an epoch short, and the checkpoint's history is the complete one
+        write_metrics(run_dir, loop["history"])
     elif not resume:  # (a run interrupted before its first epoch ended has nothing to restore)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, meta)
 
     valid = split_targets(data, "valid")
     generator = torch.Generator(device=device)
-    stopped_early = False
-    for epoch in range(loop["epoch"] + 1, config.epochs):
-        start = time.perf_counter()
-        generator.manual_seed(epoch_seed(config.seed, epoch))
-        record, agg_state = run_epoch(model, plan, data, config, epoch, generator, agg_state, callbacks)
-        if "error" in record:
-            kept = (
-                f"the last good checkpoint (epoch {loop['epoch']}) is kept in {run_dir / LAST}"
-                if loop["epoch"] >= 0
-                else "no epoch had finished, so no checkpoint was written"
-            )
-            raise TrainingDiverged(f"{record['error']}; {kept}")
-        improved = False
-        if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
-            record |= {f"valid_{k}": v for k, v in validate(model, valid, config, device).items()}
-            value = record[f"valid_{config.select_metric}"]
-            improved = value > loop["best_value"]
+    stopped_early = loop["bad_evals"] >= config.patience  # a run that had stopped early trains no further
+    first = config.epochs if stopped_early else loop["epoch"] + 1
+    if resume:
+        reason = TrainingInterrupted.kept(loop["epoch"])
+        if stopped_early or first >= config.epochs:
+            reason += "; the run had stopped early" if stopped_early else "; the run had finished"
+        callbacks.on_resume(loop["epoch"] + 1, reason)
+    try:
+        for epoch in range(first, config.epochs):
+            start = time.perf_counter()
+            generator.manual_seed(epoch_seed(config.seed, epoch))
+            record, agg_state = run_epoch(model, plan, data, config, epoch, generator, agg_state, callbacks)
+            if "error" in record:
+                kept = (
+                    f"the last good checkpoint (epoch {loop['epoch']}) is kept in {run_dir / LAST}"
+                    if loop["epoch"] >= 0
+                    else "no epoch had finished, so no checkpoint was written"
+                )
+                raise TrainingDiverged(f"{record['error']}; {kept}")
+            improved = False
+            if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
+                record |= {f"valid_{k}": v for k, v in validate(model, valid, config, device).items()}
+                value = record[f"valid_{config.select_metric}"]
+                improved = value > loop["best_value"]
+                if improved:
+                    loop["best_value"], loop["best_epoch"], loop["bad_evals"] = value, epoch, 0
+                else:
+                    loop["bad_evals"] += 1
+            record["best"] = improved
+            record["wall_s"] = time.perf_counter() - start
+            loop["epoch"] = epoch
+            loop["history"].append(record)
             if improved:
-                loop["best_value"], loop["best_epoch"], loop["bad_evals"] = value, epoch, 0
-            else:
-                loop["bad_evals"] += 1
-        record["best"] = improved
-        record["wall_s"] = time.perf_counter() - start
-        loop["epoch"] = epoch
-        loop["history"].append(record)
-        if improved:
-            best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
-            save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
-        _save_last(run_dir, model, plan, loop, agg_state)
-        write_metrics(run_dir, loop["history"])
-        callbacks.on_epoch_end(record)
-        if loop["bad_evals"] >= config.patience:
-            stopped_early = True
-            break
+                best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
+                save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
+            _save_last(run_dir, model, plan, loop, agg_state)
+            write_metrics(run_dir, loop["history"])  # (a resume rewrites it if this write is cut short)
+            callbacks.on_epoch_end(record)
+            if loop["bad_evals"] >= config.patience:
+                stopped_early = True
+                break
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        # what is kept is what a resume continues from: the checkpoint on disk, whenever Ctrl-C came
+        raise TrainingInterrupted(run_dir, checkpoint_epoch(run_dir / LAST)) from None
     return FitResult(run_dir, loop["best_epoch"], loop["best_value"], loop["history"], stopped_early)
 
 

@@ -122,8 +122,18 @@ def test_prepare_refuses_existing_output_unless_overwrite(tmp_path):
     with pytest.raises(RecmtlError, match="output directory exists"):
         pipeline.prepare(cfg, out)
     assert (out / "keep.txt").read_text() == "precious"
+    # a directory recmtl did not write is never replaced, not even with --overwrite
+    with pytest.raises(RecmtlError, match="not a recmtl prepare output"):
+        pipeline.prepare(cfg, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "precious"
+    # an earlier prepare output is
+    (out / "keep.txt").unlink()
     pipeline.prepare(cfg, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    (out / "marker").write_text("old output")
+    with pytest.raises(RecmtlError, match="output directory exists"):
+        pipeline.prepare(cfg, out)
+    pipeline.prepare(cfg, out, overwrite=True)
+    assert not (out / "marker").exists() and (out / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])

@@ -107,8 +107,10 @@ def test_tang_too_few_columns(tmp_path):
         tang.read(PrepareConfig(source="tang", raw=tmp_path))
 
 
-def test_tang_truncated_and_foreign_files(tmp_path, ciao_raw):
-    data = (ciao_raw / "rating.mat").read_bytes()
+def test_tang_truncated_and_foreign_files(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_mat(tmp_path / "rating.mat", rating=rng.integers(1, 100, (200, 4)))
+    data = (tmp_path / "rating.mat").read_bytes()
     (tmp_path / "rating.mat").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataFormatError, match="rating.mat: not a readable MATLAB"):
         tang.read(PrepareConfig(source="tang", raw=tmp_path))

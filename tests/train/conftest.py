@@ -57,6 +57,10 @@ class Interrupt:
     def __init__(self, epoch: int, step: int | None = None) -> None:
         self.epoch, self.step = epoch, step
         self.seen_epochs: list[int] = []
+        self.resumed: list[tuple[int, str]] = []  # what on_resume reported
+
+    def on_resume(self, start_epoch: int, reason: str) -> None:
+        self.resumed.append((start_epoch, reason))
 
     def on_epoch_start(self, epoch: int, n_steps: int) -> None:
         self.seen_epochs.append(epoch)

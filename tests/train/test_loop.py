@@ -384,7 +384,7 @@ def test_missing_auxiliary_table_fails_before_any_training(social_only_data, tmp
         ({"method": {"name": "pmtrec", "tau": 0.0}}, "pmtrec: tau must be in (0, 100]"),
         ({"method": {"tau": -1.0}}, "pmtrec: tau"),
         ({"method": {"name": "ew", "tau": 5}}, "method: method ew has no option 'tau'"),
-        ({"method": "pmtrek"}, "unknown method 'pmtrek'"),
+        ({"method": "pmtrek"}, "method: method pmtrek: unknown method"),
         ({"mode": "rows"}, "--mode rows"),
         ({"aux": ("bogus",)}, "--aux"),
         ({"select_metric": "ndcg@5"}, "--select-metric"),
