@@ -87,7 +87,8 @@ def _exit_at_once_on_ctrl_c() -> Iterator[None]:
         return
 
     def exit_now(signum: int, frame: Any) -> None:
-        print("interrupted", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a repeated Ctrl-C must not kill us mid-exit
+        os.write(sys.stderr.fileno(), b"interrupted\n")  # unbuffered: nothing may be lost by _exit
         os._exit(INTERRUPTED)
 
     signal.signal(signal.SIGINT, exit_now)

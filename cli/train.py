@@ -54,6 +54,9 @@ class ProgressCallbacks:
     def on_step(self, epoch: int, step: int) -> None:
         self.progress.advance(self.task_id)
 
+    def on_validate(self, epoch: int) -> None:
+        self.progress.update(self.task_id, description=f"epoch {epoch} · validating (full ranking)")
+
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.progress.console.print(epoch_summary(record, self.metric), highlight=False, soft_wrap=True)
 
@@ -79,6 +82,9 @@ class LogCallbacks:
         return None
 
     def on_step(self, epoch: int, step: int) -> None:
+        return None
+
+    def on_validate(self, epoch: int) -> None:
         return None
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:

@@ -49,6 +49,9 @@ class Callbacks(Protocol):
 
     def on_epoch_start(self, epoch: int, n_steps: int) -> None: ...
     def on_step(self, epoch: int, step: int) -> None: ...
+    def on_validate(self, epoch: int) -> None:
+        """The epoch's steps are done and the full-ranking validation starts (it takes a while)."""
+
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
@@ -60,6 +63,9 @@ class NoCallbacks:
         return None
 
     def on_step(self, epoch: int, step: int) -> None:
+        return None
+
+    def on_validate(self, epoch: int) -> None:
         return None
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
@@ -271,6 +277,7 @@ def fit(
                 raise TrainingDiverged(f"{record['error']}; {kept}")
             improved = False
             if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
+                callbacks.on_validate(epoch)
                 record |= {f"valid_{k}": v for k, v in validate(model, valid, config, device).items()}
                 value = record[f"valid_{config.select_metric}"]
                 improved = value > loop["best_value"]

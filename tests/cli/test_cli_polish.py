@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -279,3 +280,17 @@ def test_train_and_prepare_help_texts():
     aux = next(line for line in prepare_help.splitlines() if "--aux" in line)
     for table in ("social.parquet", "item_category.parquet", "item_item.parquet", "coview", "cobuy"):
         assert table in aux, (table, aux)
+
+
+def test_the_progress_bar_says_when_it_validates(data, tmp_path, monkeypatch):
+    """(Item 16.) ProgressCallbacks relabels the epoch's bar while the full-ranking validation runs."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from cli.train import ProgressCallbacks
+
+    progress = Progress(console=Console(file=io.StringIO()))
+    callbacks = ProgressCallbacks(progress, "ndcg@20", tmp_path)
+    callbacks.on_epoch_start(3, n_steps=10)
+    callbacks.on_validate(3)
+    assert progress.tasks[-1].description == "epoch 3 · validating (full ranking)"

@@ -57,6 +57,7 @@ class Interrupt:
     def __init__(self, epoch: int, step: int | None = None) -> None:
         self.epoch, self.step = epoch, step
         self.seen_epochs: list[int] = []
+        self.validated: list[int] = []
         self.resumed: list[tuple[int, str]] = []  # what on_resume reported
 
     def on_resume(self, start_epoch: int, reason: str) -> None:
@@ -70,6 +71,9 @@ class Interrupt:
     def on_step(self, epoch: int, step: int) -> None:
         if epoch == self.epoch and step == self.step:
             raise KeyboardInterrupt
+
+    def on_validate(self, epoch: int) -> None:
+        self.validated.append(epoch)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         return None

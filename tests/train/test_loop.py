@@ -589,3 +589,10 @@ def test_ordinary_training_never_trips_the_divergence_bound(tiny_data, tmp_path)
     aux = ("social", "category", "coview", "align", "uniform", "rating")
     result = fit(quick_config(tiny_data, aux=aux, lr=0.05, epochs=4), tmp_path / "r")
     assert len(result.history) == 4
+
+
+def test_validation_is_announced_before_it_runs(tiny_data, tmp_path):
+    """The CLI shows "validating" instead of a frozen, full step bar: the loop reports each validation."""
+    callbacks = Interrupt(-1)
+    fit(quick_config(tiny_data, epochs=5, eval_every=2), tmp_path / "r", callbacks=callbacks)
+    assert callbacks.validated == [1, 3, 4]  # every 2nd epoch and the last, as metrics.parquet has them
