@@ -93,6 +93,12 @@ def _exit_at_once_on_ctrl_c() -> Iterator[None]:
 
     signal.signal(signal.SIGINT, exit_now)
     try:
+        # polars installs its own C-level SIGINT handler when imported (signal-hook, pola-rs/polars#20961),
+        # behind Python's back: a Ctrl-C then sometimes killed the process (-SIGINT) or was lost. Import it
+        # first and take SIGINT back, here and (by re-installing Python's handler) for the command's run.
+        import polars  # noqa: F401
+
+        signal.signal(signal.SIGINT, exit_now)
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -383,3 +385,15 @@ def test_ctrl_c_exits_130_without_traceback_and_keeps_the_last_epoch(data, tmp_p
     result = run("train", "--resume", tmp_path / "runs" / "r", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert pl.read_parquet(tmp_path / "runs" / "r" / "metrics.parquet")["epoch"].to_list() == [0, 1, 2]
+
+
+def test_an_error_under_the_progress_bar_prints_nothing_on_stdout(data, tmp_path):
+    """Without --quiet the progress bar is up when training diverges: the error is one line on stderr and
+    nothing (no stray blank line) on stdout (issue 7, item 8). A subprocess: stdout is a real stream."""
+    options = ["--dim", "16", "--batch-size", "256", "--lr", "1e9", "--device", "cpu", "--aux", "social"]
+    args = ["train", str(data), "--runs-dir", str(tmp_path / "runs"), "--name", "r", *options]
+    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "exploded" in lines[0] and "lower --lr" in lines[0], proc.stderr
