@@ -18,34 +18,21 @@ from cli.main import app
 from recmtl.config import METRIC_NAMES
 from recmtl.eval.metrics import METRICS
 from recmtl.train.loop import fit
+from tests.cli.conftest import QUICK
+from tests.cli.conftest import assert_one_line_error as one_line_error
 from tests.conftest import ROOT
 from tests.train.conftest import assert_same_tensors, metrics_without_wall, prepare_tiny, quick_config
 
 runner = CliRunner()
-QUICK = ("--dim", 16, "--batch-size", 256, "--lr", 0.01, "--device", "cpu", "--quiet")
+
+
+def assert_one_line_error(result, *fragments):
+    """The shared check, stricter here: nothing at all on stdout before the error."""
+    one_line_error(result, *fragments, empty_stdout=True)
 
 
 def run(*args, env=None):
     return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, (result.exit_code, result.output, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in result.output + result.stderr
-    assert result.stdout == "", repr(result.stdout)  # nothing (not even a blank line) before the error
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

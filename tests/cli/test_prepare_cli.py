@@ -6,22 +6,13 @@ import scipy.io
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.cli.conftest import assert_one_line_error
 
 runner = CliRunner()
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    assert "Traceback" not in result.output + result.stderr
 
 
 @pytest.fixture

@@ -26,11 +26,12 @@ from recmtl.errors import RecmtlError
 from recmtl.runs import load_tensors, save_tensors, write_metrics
 from recmtl.tasks.bpr_tasks import SocialTask
 from recmtl.train.loop import fit
+from tests.cli.conftest import TRAIN_FLAGS as QUICK
+from tests.cli.conftest import assert_one_line_error, stderr_lines
 from tests.train.conftest import Interrupt, n_steps, prepare_tiny, quick_config
 
 runner = CliRunner()
 TINY = ("--users", 300, "--items", 200, "--interactions", 6000, "--min-rating", 0, "--quiet")
-QUICK = ("--dim", 16, "--batch-size", 256, "--lr", 0.01, "--device", "cpu")
 
 
 def cli(*args):
@@ -41,27 +42,6 @@ def leftovers(*folders: Path) -> list[str]:
     """Temporary siblings (``.tmp-`` / ``.old-``) anywhere under ``folders``."""
     found = [p for f in folders if f.exists() for p in f.rglob("*")]
     return sorted(str(p) for p in found if ".tmp-" in p.name or ".old-" in p.name)
-
-
-def stderr_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def assert_one_line_error(result, *fragments, code=1):
-    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
-    lines = stderr_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in result.output + result.stderr
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

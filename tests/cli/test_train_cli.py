@@ -11,7 +11,6 @@ import sys
 
 import polars as pl
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -21,10 +20,10 @@ from recmtl.data.store import sha256_file
 from recmtl.runs import load_tensors
 from recmtl.tasks.bpr_tasks import SocialTask
 from recmtl.train.loop import fit
+from tests.cli.conftest import QUICK, assert_one_line_error
 from tests.train.conftest import Interrupt, metrics_without_wall, prepare_tiny, quick_config
 
 runner = CliRunner()
-QUICK = ("--dim", 16, "--batch-size", 256, "--lr", 0.01, "--device", "cpu", "--quiet")
 
 
 def run(*args):
@@ -33,25 +32,6 @@ def run(*args):
 
 def train(data, runs, *extra, name="r"):
     return run("train", data, "--runs-dir", runs, "--name", name, *QUICK, *extra)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, (result.exit_code, result.output, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in result.output + result.stderr
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
