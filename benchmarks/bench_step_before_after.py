@@ -47,7 +47,10 @@ def import_renamed(tree: Path, workdir: Path) -> str:
 
 def make_step(package: str, data_dir: Path, method: str, batch: int) -> Callable[[], None]:
     """One step of ``package``'s trainer (built as `recmtl train` builds it) on random rec batches."""
-    config_mod = importlib.import_module(f"{package}.config")
+    try:
+        config_mod = importlib.import_module(f"{package}.train.config")
+    except ModuleNotFoundError:  # before TrainConfig moved to recmtl/train/config.py
+        config_mod = importlib.import_module(f"{package}.config")
     store = importlib.import_module(f"{package}.data.store")
     loop = importlib.import_module(f"{package}.train.loop")
     step_mod = importlib.import_module(f"{package}.train.step")

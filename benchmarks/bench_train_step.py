@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _machine import append_results, print_machine  # noqa: E402
 
 from recmtl.aggregators.pmtrec import pmtrec_coefficients, pmtrec_task_weights  # noqa: E402
-from recmtl.config import TrainConfig  # noqa: E402
 from recmtl.data.pipeline import prepare  # noqa: E402
 from recmtl.data.recipes import load_recipe  # noqa: E402
 from recmtl.data.store import open_dataset  # noqa: E402
 from recmtl.data.tensors import TrainData  # noqa: E402
 from recmtl.model.mf import MFModel  # noqa: E402
 from recmtl.tasks import TaskOptions, build_tasks  # noqa: E402
+from recmtl.train.config import TrainConfig  # noqa: E402
 from recmtl.train.loop import build_training  # noqa: E402
 from recmtl.train.step import train_step  # noqa: E402
 

@@ -19,8 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _machine import print_machine  # noqa: E402
 
-from recmtl.config import TrainConfig, build, read_toml  # noqa: E402
+from recmtl.config import build, read_toml  # noqa: E402
 from recmtl.eval.run_eval import evaluate_run  # noqa: E402
+from recmtl.train.config import TrainConfig  # noqa: E402
 from recmtl.train.loop import fit  # noqa: E402
 
 METRICS = ("recall@20", "ndcg@20", "recall@40", "ndcg@40")

@@ -12,8 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from recmtl.errors import RecmtlError
-from recmtl.train.loop import TrainingInterrupted
+from recmtl.errors import RecmtlError, TrainingInterrupted
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ import typer
 from typer.models import ArgumentInfo
 
 from recmtl.aggregators import Aggregator
-from recmtl.config import flag
+from recmtl.train.config import flag
 
 
 def _cli_type(annotation: Any) -> type:

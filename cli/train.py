@@ -13,10 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cli._shell import console, tune_allocator, user_errors
 from cli.options import config_options
 from cli.render import metrics_table
-from recmtl.config import TrainConfig, build, read_toml
+from recmtl.config import build, read_toml
 from recmtl.errors import ConfigError
 from recmtl.eval.run_eval import evaluate_run
 from recmtl.runs import read_run_config
+from recmtl.train.config import TrainConfig
 from recmtl.train.loop import fit, resolve_device
 
 Opt = typer.Option

@@ -23,7 +23,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from recmtl.config import upgrade_train_config
 from recmtl.data.store import atomic_file, atomic_write_text
 from recmtl.errors import RecmtlError
 
@@ -91,3 +90,15 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.parquet atomically from the per-epoch records."""
     with atomic_file(Path(run_dir) / METRICS) as tmp:
         pl.DataFrame(history).write_parquet(tmp)
+
+
+def upgrade_train_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A TrainConfig table as recmtl 0.1 saved it (PMTRec's options flat beside the method name) in
+    today's form (the options inside the method's table); anything else is returned unchanged."""
+    flat = ("alpha", "tau", "combine", "focus")
+    if not isinstance(saved.get("method"), str) or not any(k in saved for k in flat):
+        return saved
+    out = {k: v for k, v in saved.items() if k not in flat}
+    if saved["method"] == "pmtrec":
+        out["method"] = {"name": "pmtrec"} | {k: saved[k] for k in flat if k in saved}
+    return out

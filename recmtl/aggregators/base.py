@@ -209,6 +209,10 @@ class Aggregator(ABC):
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             _check_option(self.name, f, hints[f.name], getattr(self, f.name))
 
+    def to_config(self) -> dict[str, Any]:
+        """The method as a config table: ``{"name": ..., option: value, ...}`` (config.json, TOML)."""
+        return {"name": self.name} | dataclasses.asdict(self)  # type: ignore[call-overload]
+
     def label(self, mode: str) -> str:
         """How a run in ``mode`` is labelled: the paper's method, or our per-row variant."""
         return "paper" if mode in self.paper_modes else "per-row, ours" if mode == "row" else "global, ours"

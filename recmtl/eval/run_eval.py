@@ -14,7 +14,6 @@ from typing import Any
 import polars as pl
 import torch
 
-from recmtl.config import TrainConfig, build
 from recmtl.data.store import atomic_file, open_dataset, sha256_file
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
@@ -61,7 +60,10 @@ def evaluate_run(
     it): accepted only if its data hash is the run's."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
-    config = build(TrainConfig, saved.get("config", {}), where=f"{run_dir}/config.json")
+    stored = saved.get("config", {}).get("data")
+    if not isinstance(stored, str):
+        raise RecmtlError(f"{run_dir / 'config.json'}: no data path in its config")
+    data_path = Path(stored)
     checkpoint = run_dir / BEST
     if not checkpoint.is_file():
         raise RecmtlError(f"{run_dir}: no {BEST} checkpoint (the run has not finished an epoch)")
@@ -70,17 +72,17 @@ def evaluate_run(
         if dataset.data_hash != saved.get("data", {}).get("hash"):
             raise RecmtlError(
                 f"--data {data}: its data hash differs from the run's, so it is not the dataset "
-                f"{run_dir} was trained on ({config.data})"
+                f"{run_dir} was trained on ({data_path})"
             )
     else:
-        if not Path(config.data).exists():
+        if not data_path.exists():
             raise RecmtlError(
-                f"{config.data}: dataset not found (the path comes from {run_dir / 'config.json'}; "
+                f"{data_path}: dataset not found (the path comes from {run_dir / 'config.json'}; "
                 "if the dataset moved, pass --data DIR)"
             )
-        dataset = open_dataset(config.data)
+        dataset = open_dataset(data_path)
         if dataset.data_hash != saved.get("data", {}).get("hash"):
-            raise RecmtlError(f"{config.data}: the data changed since {run_dir} was trained (hash mismatch)")
+            raise RecmtlError(f"{data_path}: the data changed since {run_dir} was trained (hash mismatch)")
     tensors, meta = load_tensors(checkpoint)
     model = MFModel.from_state_tensors(tensors)
     device = torch.device(device)

@@ -18,10 +18,10 @@ import torch
 
 import recmtl
 from recmtl.aggregators import State
-from recmtl.config import TrainConfig, flag, to_jsonable
+from recmtl.config import to_jsonable
 from recmtl.data.store import PreparedDataset, open_dataset
 from recmtl.data.tensors import TrainData, split_targets
-from recmtl.errors import RecmtlError
+from recmtl.errors import RecmtlError, TrainingInterrupted
 from recmtl.eval.ranking import rank_users
 from recmtl.model.mf import MFModel
 from recmtl.runs import (
@@ -36,6 +36,7 @@ from recmtl.runs import (
     write_metrics,
 )
 from recmtl.tasks import TaskOptions, build_tasks
+from recmtl.train.config import TrainConfig, flag
 from recmtl.train.row_adam import RowAdam
 from recmtl.train.step import RowWorkspace, StepPlan, train_step
 
@@ -74,33 +75,6 @@ class NoCallbacks:
 
 class TrainingDiverged(RecmtlError):
     """A task's loss became NaN or inf."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training once the run directory exists: which epochs are kept and how to resume.
-
-    ``last_epoch`` is the last epoch whose checkpoint (last.safetensors) was written, -1 if none was.
-    """
-
-    def __init__(self, run_dir: Path, last_epoch: int) -> None:
-        super().__init__(str(run_dir), last_epoch)
-        self.run_dir, self.last_epoch = Path(run_dir), last_epoch
-
-    @staticmethod
-    def kept(last_epoch: int) -> str:
-        """What a run keeps after ``last_epoch`` (-1: none) finished: "epochs 0-2 kept", ..."""
-        if last_epoch < 0:
-            return "no epoch had finished"
-        return "epoch 0 kept" if last_epoch == 0 else f"epochs 0-{last_epoch} kept"
-
-    def __str__(self) -> str:
-        if self.last_epoch < 0:
-            what = f"no epoch had finished in {self.run_dir} (a resume starts from epoch 0)"
-        elif self.last_epoch == 0:
-            what = f"epoch 0 is kept in {self.run_dir}"
-        else:
-            what = f"epochs 0-{self.last_epoch} are kept in {self.run_dir}"
-        return f"{what}; continue with: recmtl train --resume {self.run_dir}"
 
 
 @dataclass

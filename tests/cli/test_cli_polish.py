@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import tests.conftest
 from cli.main import app
-from recmtl.config import METRIC_NAMES
 from recmtl.eval.metrics import METRICS
+from recmtl.train.config import METRIC_NAMES
 from recmtl.train.loop import fit
 from tests.cli.conftest import QUICK
 from tests.cli.conftest import assert_one_line_error as one_line_error

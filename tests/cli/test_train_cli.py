@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from recmtl.aggregators import AGGREGATORS, method_options
-from recmtl.config import TrainConfig, flag
 from recmtl.data.store import sha256_file
 from recmtl.runs import load_tensors
 from recmtl.tasks.bpr_tasks import SocialTask
+from recmtl.train.config import TrainConfig, flag
 from recmtl.train.loop import fit
 from tests.cli.conftest import QUICK, assert_one_line_error
 from tests.train.conftest import Interrupt, metrics_without_wall, prepare_tiny, quick_config

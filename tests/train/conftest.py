@@ -11,9 +11,10 @@ import polars as pl
 import pytest
 import torch
 
-from recmtl.config import PrepareConfig, SyntheticConfig, TrainConfig
+from recmtl.config import PrepareConfig, SyntheticConfig
 from recmtl.data.pipeline import prepare
 from recmtl.runs import load_tensors
+from recmtl.train.config import TrainConfig
 
 #: Small enough that one epoch is a fraction of a second on 2 cores.
 TINY = SyntheticConfig(users=300, items=200, interactions=6000)

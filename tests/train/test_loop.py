@@ -14,12 +14,11 @@ import torch
 
 import recmtl
 from recmtl.aggregators import PMTRec
-from recmtl.config import upgrade_train_config
 from recmtl.data.store import open_dataset, sha256_file
 from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
 from recmtl.eval.run_eval import evaluate_run
-from recmtl.runs import load_tensors, read_run_config, save_tensors
+from recmtl.runs import load_tensors, read_run_config, save_tensors, upgrade_train_config
 from recmtl.tasks.bpr_tasks import SocialTask
 from recmtl.train import loop as loop_module
 from recmtl.train.loop import FitResult, TrainingDiverged, fit

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from recmtl.aggregators import make_aggregator
-from recmtl.config import AUX_TASKS
 from recmtl.data.tensors import Pairs, TrainData
 from recmtl.errors import RecmtlError
 from recmtl.model.mf import MFModel
 from recmtl.tasks import TASKS, TaskOptions, build_tasks
+from recmtl.train.config import AUX_TASKS
 from recmtl.train.row_adam import RowAdam
 from recmtl.train.step import RowWorkspace, StepPlan, train_step
 
