@@ -1,7 +1,8 @@
 """The ``recmtl`` command: a thin Typer shell over the library.
 
-``main()`` (the console script) imports the commands lazily, inside its Ctrl-C handling, so that an
-interrupt during the start-up imports (torch takes seconds) also ends with one line and exit status 130.
+``main()`` (the console script) imports only the command it runs (:data:`COMMANDS`), inside its Ctrl-C
+handling: `recmtl --help`, `prepare` and `info` start without torch, and an interrupt during the start-up
+imports (torch takes seconds) also ends with one line and exit status 130.
 It runs Typer with ``standalone_mode=False`` so that a usage error (an unknown option, a value that does not
 parse) is one ``error: ...`` line on stderr with exit status 2, like every other mistake in the input.
 """
@@ -30,14 +31,45 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@functools.cache
-def build_app() -> Any:
-    """The Typer application (importing every command, hence torch)."""
-    import typer
+#: command -> (module, function, one-line summary for `recmtl --help`). A command's module is imported
+#: only when that command runs: `prepare` and `info` never import torch, and `recmtl --help` lists the
+#: commands from the summaries alone (tests/cli hold each summary equal to its docstring's first line).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "prepare": (
+        "cli.prepare",
+        "prepare",
+        "Turn a raw public dataset (or the synthetic default) into the parquet tables every stage reads.",
+    ),
+    "info": (
+        "cli.prepare",
+        "info",
+        "Print the summary of a prepared dataset (counts, stats, dropped rows) again.",
+    ),
+    "train": (
+        "cli.train",
+        "train",
+        "Train a matrix-factorisation recommender with auxiliary tasks and a gradient-aggregation method.",
+    ),
+    "evaluate": (
+        "cli.train",
+        "evaluate",
+        "Full-ranking top-K evaluation of a run's best checkpoint over all items.",
+    ),
+    "methods": (
+        "cli.methods",
+        "methods",
+        "List every gradient-aggregation method (`recmtl train --method NAME`) with its options.",
+    ),
+}
 
-    from cli import methods as methods_cmd
-    from cli import prepare as prepare_cmd
-    from cli import train as train_cmd
+
+@functools.cache
+def build_app(commands: tuple[str, ...] | None = None) -> Any:
+    """The Typer application with the real ``commands`` (None: all of them, importing torch), or, with
+    ``commands=()``, one that only lists every command from its summary (for `recmtl --help`)."""
+    import importlib
+
+    import typer
 
     app = typer.Typer(
         name="recmtl",
@@ -57,23 +89,34 @@ def build_app() -> Any:
     ) -> None:
         return None
 
-    app.command("prepare")(prepare_cmd.prepare)
-    app.command("info")(prepare_cmd.info)
-    app.command("train")(train_cmd.train)
-    app.command("evaluate")(train_cmd.evaluate)
-    app.command("methods")(methods_cmd.methods)
+    for name, (module, function, summary) in COMMANDS.items():
+        if commands is None or name in commands:
+            app.command(name)(getattr(importlib.import_module(module), function))
+        elif commands == ():
+            app.command(name, help=summary)(_listed_only)
     return app
 
 
+def _listed_only() -> None:
+    """Stands for a command in `recmtl --help`; never runs (the command's own app is built to run it)."""
+    raise AssertionError("a listed-only command ran")
+
+
+def command_of(args: list[str]) -> str | None:
+    """The command ``args`` names (its first word that is not an option), or None."""
+    word = next((a for a in args if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
 def __getattr__(name: str) -> Any:
-    """``cli.main.app`` is built on first use (``from cli.main import app`` works as before)."""
+    """``cli.main.app`` (every command) is built on first use (``from cli.main import app`` works)."""
     if name == "app":
         return build_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
-def _exit_at_once_on_ctrl_c() -> Iterator[None]:
+def _exit_at_once_on_ctrl_c(preload_polars: bool = True) -> Iterator[None]:
     """During the start-up imports, Ctrl-C prints ``interrupted`` and ends the process (status 130) at once.
 
     Nothing has been written yet, and a KeyboardInterrupt raised inside an extension's import can be
@@ -96,9 +139,10 @@ def _exit_at_once_on_ctrl_c() -> Iterator[None]:
         # polars installs its own C-level SIGINT handler when imported (signal-hook, pola-rs/polars#20961),
         # behind Python's back: a Ctrl-C then sometimes killed the process (-SIGINT) or was lost. Import it
         # first and take SIGINT back, here and (by re-installing Python's handler) for the command's run.
-        import polars  # noqa: F401
+        if preload_polars:
+            import polars  # noqa: F401
 
-        signal.signal(signal.SIGINT, exit_now)
+            signal.signal(signal.SIGINT, exit_now)
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -115,8 +159,9 @@ def _interrupted(command_ran: bool) -> int:
 def run(args: list[str]) -> int:
     """Run the command line ``args``; return the exit status. Nothing escapes but SystemExit."""
     command_ran = False
+    command = command_of(args)  # None: `recmtl --help`, `--version` or a mistake: nothing heavy to import
     try:
-        with _exit_at_once_on_ctrl_c():
+        with _exit_at_once_on_ctrl_c(preload_polars=command is not None):
             import typer
 
             try:
@@ -126,7 +171,7 @@ def run(args: list[str]) -> int:
 
             from cli import _shell
 
-            app = build_app()
+            app = build_app((command,) if command else ())
         _shell.interrupt_reported = False
         command_ran = True
         try:
