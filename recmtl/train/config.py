@@ -63,9 +63,8 @@ METRIC_NAMES = ("recall", "precision", "hit", "ndcg", "mrr", "map")
 
 
 def _opt(default: Any = None, help: str = "", **meta: Any) -> Any:
-    """A config field with its one-line help (``flag`` overrides the command-line name)."""
-    if isinstance(default, Aggregator):
-        return field(default_factory=lambda: default, metadata={"help": help, **meta})
+    """A config field with its one-line help (``flag`` overrides the command-line name). Defaults are
+    immutable (an aggregator is a frozen dataclass), so they are shared as they are."""
     return field(default=default, metadata={"help": help, **meta})
 
 
