@@ -217,8 +217,9 @@ class Aggregator(ABC):
         """How a run in ``mode`` is labelled: the paper's method, or our per-row variant."""
         return "paper" if mode in self.paper_modes else "per-row, ours" if mode == "row" else "global, ours"
 
-    def init_state(self, n_tasks: int, n_rows: int) -> State:
-        """The state before the first step, for ``n_tasks`` tasks over ``n_rows`` storage rows."""
+    def init_state(self, n_tasks: int, n_rows: int, mode: str = "row") -> State:
+        """The state before the first step, for ``n_tasks`` tasks over ``n_rows`` storage rows, in ``mode``
+        (per-row state is indexed by storage row id, :attr:`StepInfo.row_ids`; global state needs no rows)."""
         return {}
 
     def fixed_task_weights(self, n_tasks: int) -> Tensor | None:

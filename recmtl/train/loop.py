@@ -218,7 +218,7 @@ def fit(
     data = TrainData.load(dataset, device)
     model, plan = build_training(config, data, device)  # fails on a missing table before any training
     loop = {"epoch": -1, "best_epoch": -1, "best_value": -math.inf, "bad_evals": 0, "history": []}
-    agg_state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0])
+    agg_state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0], config.mode)
     if resume and (run_dir / LAST).is_file():
         loop, agg_state = _restore(run_dir, model, plan, agg_state)
         # last.safetensors is written before metrics.parquet: after a crash between the two the table is

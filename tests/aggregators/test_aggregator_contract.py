@@ -18,12 +18,18 @@ MODE_LIST = sorted(MODES)
 NOT_SCALE_EQUIVARIANT: set[str] = set()
 
 
-def info(epoch: int = 3) -> StepInfo:
-    return StepInfo(epoch=epoch, step=11, generator=torch.Generator().manual_seed(7))
+def losses(n_tasks: int) -> torch.Tensor:
+    """[T] positive task losses over two orders of magnitude (what loss-based methods read)."""
+    return torch.logspace(-1, 1, n_tasks)
+
+
+def info(epoch: int = 3, n_tasks: int = 4) -> StepInfo:
+    return StepInfo(epoch=epoch, step=11, losses=losses(n_tasks), generator=torch.Generator().manual_seed(7))
 
 
 def run(agg, grads, present, epoch: int = 3) -> Aggregation:
-    return agg(grads, present, agg.init_state(grads.shape[1], grads.shape[0]), info(epoch))
+    R, T, _ = grads.shape  # a dense call is a row-mode call (global mode is R = 1 of it)
+    return agg(grads, present, agg.init_state(T, R), info(epoch, T))
 
 
 def close(a: torch.Tensor, b: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -184,7 +190,7 @@ def test_fixed_weights_are_constant_zero_one(config, mode):
 )
 def test_malformed_inputs_raise(aggregator, grads, present):
     with pytest.raises(ValueError):
-        aggregator(grads, present, {}, StepInfo())
+        aggregator(grads, present, {}, info(3, 3))
 
 
 IDENTITY = [c for c in CONFIGS if make_aggregator(c[0], **c[1]).identity_on_single_task]
@@ -200,7 +206,7 @@ def test_identity_on_single_task_rows(config, epoch):
     present = torch.zeros(24, 3, dtype=torch.bool)
     present[torch.arange(24), torch.arange(24) % 3] = True  # exactly one task per row, each task in turn
     grads[5, 2] = 0.0  # a zero gradient too
-    out = aggregator(grads, present, aggregator.init_state(3, 24), StepInfo(epoch=epoch))
+    out = aggregator(grads, present, aggregator.init_state(3, 24), info(epoch, 3))
     torch.testing.assert_close(out.update, grads[present], rtol=1e-6, atol=1e-7)
     logged = out.logged_weights
     nonzero_rows = grads.norm(dim=2)[present] > 0

@@ -44,7 +44,7 @@ class NormEMA(Aggregator):
     modes: ClassVar[frozenset[str]] = frozenset({"row"})
     paper: ClassVar[str] = "a test double"
 
-    def init_state(self, n_tasks: int, n_rows: int) -> State:
+    def init_state(self, n_tasks: int, n_rows: int, mode: str = "row") -> State:
         return {"ema": torch.zeros(n_rows, n_tasks), "steps": torch.zeros((), dtype=torch.long)}
 
     def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
