@@ -196,6 +196,7 @@ class Aggregator(ABC):
     # the modes of the method's paper; any other supported mode is our variant ("per-row, ours")
     paper_modes: ClassVar[frozenset[str]] = frozenset({"global"})
     paper: ClassVar[str] = ""  # reference: authors, title, venue
+    summary: ClassVar[str] = ""  # what it does, in one line (`recmtl methods`, the README's methods table)
     # True when the coefficients are constant 0/1 per present task (ew, single): the trainer may then
     # skip per-task gradients and run one backward on sum_t fixed_task_weights(T)[t] * L_t.
     fixed_weights: ClassVar[bool] = False

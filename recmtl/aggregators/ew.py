@@ -24,6 +24,7 @@ class EW(Aggregator):
     name: ClassVar[str] = "ew"
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
     paper_modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})  # the same sum either way
+    summary: ClassVar[str] = "sum of the present tasks' gradients"
     paper: ClassVar[str] = "equal weighting, the standard multi-task baseline"
     fixed_weights: ClassVar[bool] = True
     identity_on_single_task: ClassVar[bool] = True

@@ -115,6 +115,10 @@ class PMTRec(Aggregator):
     name: ClassVar[str] = "pmtrec"
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
     paper_modes: ClassVar[frozenset[str]] = frozenset({"row"})
+    summary: ClassVar[str] = (
+        "per row: weights from a tempered softmax over the tasks' norm shares, the main task's share "
+        "boosted by α^epoch"
+    )
     paper: ClassVar[str] = (
         "Yang et al., Personalized Multi-task Training for Recommender System, IEEE BigData 2024 "
         "(arXiv:2407.21364)"

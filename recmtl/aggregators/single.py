@@ -35,6 +35,7 @@ class Single(Aggregator):
     name: ClassVar[str] = "single"
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
     paper_modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})  # the same update either way
+    summary: ClassVar[str] = "the main task's gradient alone; auxiliary tasks are ignored"
     paper: ClassVar[str] = "single-task training on the main task, the no-auxiliary baseline"
     fixed_weights: ClassVar[bool] = True
 
