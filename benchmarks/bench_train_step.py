@@ -8,9 +8,16 @@
   ``torch.optim.Adam`` step — target: recmtl PMTRec >= 15x faster.
 
 All three sample the same tasks with the same batch sizes; timings are medians over interleaved rounds
-measured in one run. Usage: python benchmarks/bench_train_step.py [--data DIR] [--batch-sizes 512,2048]
-[--steps N] [--rounds R]
-(without --data, Ciao is prepared from ../shared/data/ciao into a temporary directory).
+measured in one run.
+
+``--methods all`` (or a list) then times every method in every mode it supports against the ``ew`` step,
+in its own interleaved rounds with ``ew`` and with the dense reference combining the Jacobian with that
+method (global form, its own ``weigh``): targets, at batch 2048, global gradient methods <= 2x and per-row
+ones <= 2.5x the ``ew`` step. Stateful methods carry their state from step to step, as in training.
+
+Usage: python benchmarks/bench_train_step.py [--data DIR] [--batch-sizes 512,2048] [--steps N] [--rounds R]
+[--methods all|NAME,...] (without --data, Ciao is prepared from ../shared/data/ciao into a temporary
+directory).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _machine import append_results, print_machine  # noqa: E402
 
+from recmtl.aggregators import AGGREGATORS, StepInfo, make_aggregator  # noqa: E402
 from recmtl.aggregators.pmtrec import pmtrec_coefficients, pmtrec_task_weights  # noqa: E402
 from recmtl.data.pipeline import prepare  # noqa: E402
 from recmtl.data.recipes import load_recipe  # noqa: E402
@@ -41,22 +49,27 @@ from recmtl.train.step import train_step  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int):
-    """recmtl's own step, built exactly as `recmtl train` builds it (defaults: d 64, lr 1e-3, seed 0)."""
-    config = TrainConfig(aux=aux, method=method, batch_size=batch).validate()
+def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int, mode: str = "row"):
+    """recmtl's own step, built exactly as `recmtl train` builds it (defaults: d 64, lr 1e-3, seed 0); the
+    method's state is carried from step to step as in training."""
+    config = TrainConfig(aux=aux, method=method, batch_size=batch, mode=mode).validate()
     model, plan = build_training(config, data, torch.device("cpu"))
     sampler = torch.Generator().manual_seed(1)
-    state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0])
+    carried = {"state": plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0], mode), "step": 0}
 
     def step() -> None:
         idx = torch.randint(len(data.train), (batch,), generator=sampler)
-        train_step(model, plan, data.train.a[idx], data.train.b[idx], sampler, 3, 0, state)
+        out = train_step(
+            model, plan, data.train.a[idx], data.train.b[idx], sampler, 3, carried["step"], carried["state"]
+        )
+        carried["state"], carried["step"] = out.state, carried["step"] + 1
 
     return step
 
 
-def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int):
-    """Per-task backward into the full tables, flatten, PMTRec weights on the flat gradients, dense Adam."""
+def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int, method: str | None = None):
+    """Per-task backward into the full tables, flatten, PMTRec weights on the flat gradients (or, with
+    ``method``, that method's global-mode ``weigh`` on the dense [1, T, P] Jacobian), dense Adam."""
     tasks = build_tasks(aux, data, TaskOptions(batch_size=batch))
     init = MFModel.create(data.n_users, data.n_items, 64, "normal", 0.1, 0)
     users = torch.nn.Parameter(init.user_embeddings().clone())
@@ -68,6 +81,11 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int):
     opt = torch.optim.Adam(params, lr=1e-3)
     sampler = torch.Generator().manual_seed(1)
     tables = {"user": users, "item": items}
+    aggregator = None if method is None else make_aggregator(method)
+    carried = {
+        "state": {} if aggregator is None else aggregator.init_state(len(tasks), 1, "global"),
+        "step": 0,
+    }
 
     def step() -> None:
         idx = torch.randint(len(data.train), (batch,), generator=sampler)
@@ -91,12 +109,19 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int):
                 ):
                     p.grad = g
         jac_t = torch.stack(jac)  # [T, P]
-        # PMTRec's weights on the flattened gradients (its pure formulas, defaults, epoch 3), then the
-        # weighted sum of the T dense vectors, as a general multi-task library would compute them
-        norms = torch.linalg.vector_norm(jac_t, dim=1).unsqueeze(0)  # [1, T]
-        present = torch.ones_like(norms, dtype=torch.bool)
-        weights = pmtrec_task_weights(norms, present, 3, alpha=1.1, tau=1.0)
-        c = pmtrec_coefficients(weights, norms)[0]
+        present = torch.ones(1, len(tasks), dtype=torch.bool)
+        if aggregator is None:
+            # PMTRec's weights on the flattened gradients (its pure formulas, defaults, epoch 3), then the
+            # weighted sum of the T dense vectors, as a general multi-task library would compute them
+            norms = torch.linalg.vector_norm(jac_t, dim=1).unsqueeze(0)  # [1, T]
+            weights = pmtrec_task_weights(norms, present, 3, alpha=1.1, tau=1.0)
+            c = pmtrec_coefficients(weights, norms)[0]
+        else:  # the method's weights on the dense Jacobian, as a general library applies it
+            losses = torch.stack([loss.detach() for loss in losses])
+            info = StepInfo(epoch=3, step=carried["step"], mode="global", losses=losses, generator=sampler)
+            out = aggregator(jac_t.unsqueeze(0), present, carried["state"], info)
+            carried["state"], carried["step"] = out.state, carried["step"] + 1
+            c = out.coefficients[0]
         flat = jac_t[0] * c[0]
         for t in range(1, len(tasks)):
             flat.add_(jac_t[t], alpha=float(c[t]))
@@ -114,6 +139,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="2048", help="comma-separated; one measurement each")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="'all' or comma-separated names: time each method in each of its modes against ew (batch: the "
+        "first of --batch-sizes)",
+    )
     parser.add_argument(
         "--tuned-allocator",
         action="store_true",
@@ -154,6 +185,61 @@ def main() -> None:
             | {"pmtrec_over_ew": f"{ratio_ew:.4f}", "dense_over_pmtrec": f"{speedup:.2f}"}
         )
     print(f"appended to {append_results('train_step', rows)}")
+    if args.methods:
+        names = list(AGGREGATORS) if args.methods == "all" else args.methods.split(",")
+        batch = int(args.batch_sizes.split(",")[0])
+        rows = [
+            row | {"data": data_dir.name, "aux": args.aux}
+            for row in compare_methods(data, aux, names, batch, args)
+        ]
+        print(f"appended to {append_results('method_step', rows)}")
+
+
+FIXED = {"single", "ew"}  # one summed backward: nothing to compare against ew
+
+
+def compare_methods(data: TrainData, aux: tuple[str, ...], names: list[str], batch: int, args) -> list[dict]:
+    """For each method: its step in each of its modes, the ew step and the dense reference with that
+    method, in interleaved rounds; prints one line per (method, mode) and returns the rows for the CSV."""
+    print(f"\nper method, batch {batch} (median ms/step; ratio to the ew step measured in the same rounds)")
+    print(
+        f"  {'method':<11} {'mode':<7} {'ms/step':>8} {'ew ms':>7} {'x ew':>6} {'target':>7} {'dense ms':>9} "
+        f"{'dense/it':>9}"
+    )
+    rows = []
+    for name in names:
+        if name in FIXED:
+            continue
+        cls = AGGREGATORS[name]
+        steps = {f"{name}/{mode}": recmtl_step(data, aux, name, batch, mode) for mode in sorted(cls.modes)}
+        steps |= {
+            "ew": recmtl_step(data, aux, "ew", batch),
+            "dense": dense_reference_step(data, aux, batch, name),
+        }
+        med, _ = measure_steps(steps, args.steps, args.rounds, slow={"dense"})
+        for mode in sorted(cls.modes):
+            ms = med[f"{name}/{mode}"]
+            target = 2.5 if mode == "row" else 2.0
+            ratio, speedup = ms / med["ew"], med["dense"] / ms
+            flag = "" if ratio <= target else "  over target"
+            print(
+                f"  {name:<11} {mode:<7} {ms:8.2f} {med['ew']:7.2f} {ratio:5.2f}x {target:6.1f}x "
+                f"{med['dense']:9.1f} {speedup:8.1f}x{flag}"
+            )
+            rows.append(
+                {
+                    "batch": batch,
+                    "method": name,
+                    "mode": mode,
+                    "ms": f"{ms:.3f}",
+                    "ew_ms": f"{med['ew']:.3f}",
+                    "over_ew": f"{ratio:.3f}",
+                    "target": target,
+                    "dense_ms": f"{med['dense']:.3f}",
+                    "dense_over_method": f"{speedup:.2f}",
+                }
+            )
+    return rows
 
 
 def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rounds: int):
@@ -164,6 +250,12 @@ def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rou
         "ew": recmtl_step(data, aux, "ew", batch),
         "dense_reference": dense_reference_step(data, aux, batch),
     }
+    return measure_steps(steps, n_steps, rounds, slow={"dense_reference"})
+
+
+def measure_steps(steps: dict, n_steps: int, rounds: int, slow: set[str]):
+    """Median ms/step of each of ``steps`` (name -> callable) over ``rounds`` interleaved rounds in rotating
+    order; the ``slow`` ones run a tenth of the steps."""
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn in steps.values():
         fn()  # warm-up
@@ -173,7 +265,7 @@ def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rou
         # caches and a churned allocator, so a fixed order would bias the ratios
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = steps[name]
-            n = max(1, n_steps // 10) if name == "dense_reference" else n_steps
+            n = max(1, n_steps // 10) if name in slow else n_steps
             start = time.perf_counter()
             for _ in range(n):
                 fn()
