@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 INTERRUPTED = 130
@@ -91,10 +91,23 @@ def build_app(commands: tuple[str, ...] | None = None) -> Any:
 
     for name, (module, function, summary) in COMMANDS.items():
         if commands is None or name in commands:
-            app.command(name)(getattr(importlib.import_module(module), function))
+            app.command(name)(_interruptible(getattr(importlib.import_module(module), function)))
         elif commands == ():
             app.command(name, help=summary)(_listed_only)
     return app
+
+
+def _interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command``, which on entry hands Ctrl-C back to Python (KeyboardInterrupt, which the command
+    handles: it has started work it must clean up) from the exit-at-once handler of start-up and parsing."""
+
+    @functools.wraps(command)
+    def entered(*args: Any, **kwargs: Any) -> Any:
+        if getattr(signal.getsignal(signal.SIGINT), "exits_at_once", False):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return command(*args, **kwargs)
+
+    return entered
 
 
 def _listed_only() -> None:
@@ -117,10 +130,12 @@ def __getattr__(name: str) -> Any:
 
 @contextlib.contextmanager
 def _exit_at_once_on_ctrl_c(preload_polars: bool = True) -> Iterator[None]:
-    """During the start-up imports, Ctrl-C prints ``interrupted`` and ends the process (status 130) at once.
+    """During the start-up imports and the parsing of the command line (until a command starts, see
+    :func:`_interruptible`), Ctrl-C prints ``interrupted`` and ends the process (status 130) at once.
 
-    Nothing has been written yet, and a KeyboardInterrupt raised inside an extension's import can be
-    swallowed by it (torch initialising numpy), leaving a half-imported module behind to fail later.
+    Nothing has been written yet, and a KeyboardInterrupt raised inside an extension can be swallowed by it,
+    leaving a half-imported module behind (torch initialising numpy) or losing the interrupt altogether
+    (pydantic-core building typer's validator for a Path option: "Exception ignored in: 'Path'", exit 0).
     """
     if (
         threading.current_thread() is not threading.main_thread()  # (signal handlers are the main thread's)
@@ -134,6 +149,7 @@ def _exit_at_once_on_ctrl_c(preload_polars: bool = True) -> Iterator[None]:
         os.write(sys.stderr.fileno(), b"interrupted\n")  # unbuffered: nothing may be lost by _exit
         os._exit(INTERRUPTED)
 
+    exit_now.exits_at_once = True  # type: ignore[attr-defined]  # (what _interruptible looks for)
     signal.signal(signal.SIGINT, exit_now)
     try:
         # polars installs its own C-level SIGINT handler when imported (signal-hook, pola-rs/polars#20961),
@@ -172,20 +188,20 @@ def run(args: list[str]) -> int:
             from cli import _shell
 
             app = build_app((command,) if command else ())
-        _shell.interrupt_reported = False
-        command_ran = True
-        try:
-            code = app(args=args, prog_name="recmtl", standalone_mode=False)
-        except click_exceptions.ClickException as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `recmtl` alone: the help is already printed
+            _shell.interrupt_reported = False
+            command_ran = True
+            try:
+                code = app(args=args, prog_name="recmtl", standalone_mode=False)
+            except click_exceptions.ClickException as exc:
+                if type(exc).__name__ == "NoArgsIsHelpError":  # `recmtl` alone: the help is already printed
+                    return exc.exit_code
+                _shell.print_error(_usage_message(exc))
                 return exc.exit_code
-            _shell.print_error(_usage_message(exc))
-            return exc.exit_code
-        except typer.Abort:  # click turns Ctrl-C (or EOF at a prompt) into Abort
-            return _interrupted(command_ran)
-        if code == INTERRUPTED:  # typer turns Ctrl-C outside a command's handling into Exit(130)
-            return _interrupted(command_ran)
-        return code if isinstance(code, int) else 0
+            except typer.Abort:  # click turns Ctrl-C (or EOF at a prompt) into Abort
+                return _interrupted(command_ran)
+            if code == INTERRUPTED:  # typer turns Ctrl-C outside a command's handling into Exit(130)
+                return _interrupted(command_ran)
+            return code if isinstance(code, int) else 0
     except KeyboardInterrupt:
         return _interrupted(command_ran)
 
