@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from recmtl.aggregators.alignedmtl import AlignedMTL
 from recmtl.aggregators.base import (
     Aggregation,
     Aggregator,
@@ -24,15 +25,52 @@ from recmtl.aggregators.base import (
     method_options,
     option,
 )
+from recmtl.aggregators.cagrad import CAGrad
+from recmtl.aggregators.dbmtl import DBMTL
+from recmtl.aggregators.dualproj import DualProj
+from recmtl.aggregators.dwa import DWA
 from recmtl.aggregators.ew import EW
+from recmtl.aggregators.fairgrad import FairGrad
+from recmtl.aggregators.famo import FAMO
+from recmtl.aggregators.gradcraft import GradCraft
+from recmtl.aggregators.gradnorm import GradNorm
+from recmtl.aggregators.gradvac import GradVac
+from recmtl.aggregators.imtl import IMTLG
+from recmtl.aggregators.mgda import MGDA
+from recmtl.aggregators.nashmtl import NashMTL
+from recmtl.aggregators.pcd import PCD
+from recmtl.aggregators.pcgrad import PCGrad
 from recmtl.aggregators.pmtrec import PMTRec
+from recmtl.aggregators.rlw import RLW
 from recmtl.aggregators.single import Single
+from recmtl.aggregators.upgrad import UPGrad
+from recmtl.aggregators.uw import UW
 from recmtl.errors import ConfigError
 
+# In the order `recmtl methods` and the README list them: the baselines and PMTRec, the loss weightings,
+# then the gradient methods (METHODS.md §6).
 AGGREGATORS: dict[str, type[Aggregator]] = {
     "single": Single,
     "ew": EW,
     "pmtrec": PMTRec,
+    "rlw": RLW,
+    "uw": UW,
+    "dwa": DWA,
+    "gradnorm": GradNorm,
+    "famo": FAMO,
+    "dbmtl": DBMTL,
+    "mgda": MGDA,
+    "pcgrad": PCGrad,
+    "gradvac": GradVac,
+    "cagrad": CAGrad,
+    "imtl": IMTLG,
+    "nashmtl": NashMTL,
+    "alignedmtl": AlignedMTL,
+    "upgrad": UPGrad,
+    "dualproj": DualProj,
+    "fairgrad": FairGrad,
+    "pcd": PCD,
+    "gradcraft": GradCraft,
 }
 
 
@@ -68,12 +106,9 @@ def make_aggregator(name: str, **params: Any) -> Aggregator:
 
 __all__ = [
     "AGGREGATORS",
-    "EW",
     "Aggregation",
     "Aggregator",
     "OptionInfo",
-    "PMTRec",
-    "Single",
     "State",
     "StepInfo",
     "TaskGrads",
@@ -83,4 +118,25 @@ __all__ = [
     "make_aggregator",
     "method_options",
     "option",
+    "AlignedMTL",
+    "CAGrad",
+    "DBMTL",
+    "DWA",
+    "DualProj",
+    "EW",
+    "FAMO",
+    "FairGrad",
+    "GradCraft",
+    "GradNorm",
+    "GradVac",
+    "IMTLG",
+    "MGDA",
+    "NashMTL",
+    "PCD",
+    "PCGrad",
+    "PMTRec",
+    "RLW",
+    "Single",
+    "UPGrad",
+    "UW",
 ]

@@ -15,7 +15,29 @@ from tests.aggregators.aggregator_cases import CONFIGS, SHAPES, config_id, rando
 
 MODE_LIST = sorted(MODES)
 # Methods for which grads × k → update × k (k > 0) does not hold (e.g. loss-based weightings).
-NOT_SCALE_EQUIVARIANT: set[str] = set()
+NOT_SCALE_EQUIVARIANT: set[str] = {
+    "gradnorm",  # w learns from the gradient norms through Adam, whose eps sees their scale (after step 1)
+    "nashmtl",  # Gα = 1/α gives α ∝ 1/scale: the update Σ β_t g_t/‖g_t‖ is scale-invariant, then clipped
+    "fairgrad",  # Gw = w^{-1/a}: the update scales as k^{(1-a)/(1+a)} (scale-invariant at a = 1)
+    "gradvac",  # torchjd's absolute eps = 1e-8 in the cosine: equivariant only for norms >> 1e-4 (or eps = 0)
+    "pcd",  # torchjd's absolute eps = 1e-8 in 1/sqrt(v + eps): equivariant for norms >> 1e-4 (or eps = 0)
+}
+# Methods whose coefficients do not follow a permutation of the tasks here, by design.
+NOT_PERMUTATION_INVARIANT: set[str] = {
+    "rlw",  # the i-th random draw goes to task i: permutation invariant in distribution only
+    "pcgrad",  # random projection order drawn per (row, task index): invariant in distribution only
+    "gradvac",  # random visiting order drawn per (row, task index), as pcgrad: invariant in distribution only
+}
+# Methods for which batched != a loop over rows calling the method on each row alone, by design (e.g. global
+# weights from the whole step: gradient norms over all rows, the tasks present on any row, one random draw).
+NOT_ROW_SEPARABLE: set[str] = {
+    "rlw",  # the softmax runs over the tasks present in the step, not in the row
+    "gradnorm",  # w learns from each task's gradient norm over all rows (equal to the loop at step 1 only)
+    "famo",  # the normaliser c runs over the tasks present in the step
+    "dbmtl",  # α reads each task's gradient norm over all rows
+    "pcgrad",  # a row's random order depends on its position in the batch (equal in distribution only)
+    "gradvac",  # as pcgrad; with the order fixed it is separable (tests/aggregators/test_methods_more.py)
+}
 
 
 def losses(n_tasks: int) -> torch.Tensor:
@@ -23,13 +45,16 @@ def losses(n_tasks: int) -> torch.Tensor:
     return torch.logspace(-1, 1, n_tasks)
 
 
-def info(epoch: int = 3, n_tasks: int = 4) -> StepInfo:
-    return StepInfo(epoch=epoch, step=11, losses=losses(n_tasks), generator=torch.Generator().manual_seed(7))
+def info(epoch: int = 3, n_tasks: int = 4, task_order: torch.Tensor | None = None) -> StepInfo:
+    step_losses = losses(n_tasks) if task_order is None else losses(n_tasks)[task_order]
+    return StepInfo(epoch=epoch, step=11, losses=step_losses, generator=torch.Generator().manual_seed(7))
 
 
-def run(agg, grads, present, epoch: int = 3) -> Aggregation:
-    R, T, _ = grads.shape  # a dense call is a row-mode call (global mode is R = 1 of it)
-    return agg(grads, present, agg.init_state(T, R), info(epoch, T))
+def run(agg, grads, present, epoch: int = 3, task_order: torch.Tensor | None = None) -> Aggregation:
+    """``agg`` on a dense row-mode call (global mode is R = 1 of it); ``task_order`` permutes the losses
+    as the caller permuted the tasks."""
+    R, T, _ = grads.shape
+    return agg(grads, present, agg.init_state(T, R), info(epoch, T, task_order))
 
 
 def close(a: torch.Tensor, b: torch.Tensor, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -116,12 +141,14 @@ def test_absent_tasks_are_ignored(aggregator, mode):
 
 
 def test_permuting_non_main_tasks_changes_nothing(aggregator, mode):
+    if aggregator.name in NOT_PERMUTATION_INVARIANT:
+        pytest.skip("not permutation invariant here by design")
     grads, present = random_case(mode, seed=6)
     T = grads.shape[1]
     perm = torch.tensor([0, *range(T - 1, 0, -1)])  # main stays first, the others reversed
     assert T > 2 and not torch.equal(perm, torch.arange(T))
     a = run(aggregator, grads, present)
-    b = run(aggregator, grads[:, perm], present[:, perm])
+    b = run(aggregator, grads[:, perm], present[:, perm], task_order=perm)
     close(b.update, a.update)
     if a.coefficients is not None:
         close(b.coefficients, a.coefficients[:, perm])
@@ -131,13 +158,17 @@ def test_permuting_non_main_tasks_changes_nothing(aggregator, mode):
 def test_scale_equivariance(aggregator, mode, k):
     if aggregator.name in NOT_SCALE_EQUIVARIANT:
         pytest.skip("not scale equivariant by design")
-    grads, present = random_case(mode, seed=9)
+    # float64: the property is the method's; in float32 a cancelling update (dbmtl's equal-norm terms) is
+    # off by one rounding step of its largest term, which atol = 1e-6 · k does not allow at k = 1e-3
+    grads, present = random_case(mode, seed=9, dtype=torch.float64)
     a = run(aggregator, grads, present)
     b = run(aggregator, grads * k, present)
     close(b.update, a.update * k, rtol=1e-4, atol=1e-6 * k)
 
 
 def test_batched_equals_loop_over_rows(aggregator, mode):
+    if aggregator.name in NOT_ROW_SEPARABLE:
+        pytest.skip("batched != loop over rows by design (see NOT_ROW_SEPARABLE)")
     shape = (40, 4, 16) if mode == "row" else (3, 4, SHAPES["global"][2])
     grads, present = random_case("row", seed=10, shape=shape)
     batched = run(aggregator, grads, present)

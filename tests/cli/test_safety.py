@@ -358,8 +358,8 @@ def test_sigint_during_prepare_is_one_line_and_130(tmp_path):
             break
         out = tmp_path / f"out{i}"
         code, err = sigint_after(["prepare", "--out", str(out), *big], delay, tmp_path)
-        if code is None:
-            continue  # finished before the signal: nothing to check
+        if code is None or (code == -signal.SIGINT and (out / "manifest.json").is_file()):
+            continue  # finished before the signal (or while the interpreter shut down): nothing to check
         assert_interrupted(code, err, delay)
         assert not out.exists() and leftovers(tmp_path) == []
         interrupted += 1
