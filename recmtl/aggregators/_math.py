@@ -213,6 +213,27 @@ def _wolfe_minor_cycles(g: Tensor, present: Tensor, w: Tensor) -> Tensor:
 _POLISH_EVERY = 10  # exact active-set steps after every this many iterations (min-norm and dual cone)
 
 
+_CONVERGED = 1e-13  # KKT residual, relative to the largest squared gradient norm of the row
+
+
+def _min_norm_converged(g: Tensor, present: Tensor, w: Tensor, diag: Tensor) -> bool:
+    """Every row of ``w`` [R, T] is optimal for min-norm on the simplex: its Frank-Wolfe gap
+    ``wᵀGw − min_{t present} (Gw)_t`` (0 exactly at the optimum) is rounding-level (the early exit after a
+    polish round; one host sync)."""
+    gw = torch.bmm(g, w.unsqueeze(2)).squeeze(2)
+    gap = (w * gw).sum(dim=1) - gw.masked_fill(~present, float("inf")).amin(dim=1)
+    return bool((gap <= _CONVERGED * diag.amax(dim=1)).all())
+
+
+def _dual_cone_converged(g: Tensor, u: Tensor, present: Tensor, v: Tensor) -> bool:
+    """Every row of ``v`` [N, T] meets the KKT conditions of ``min_{v ≥ u} vᵀGv`` (``g`` [N, T, T]):
+    ``(Gv)_t ≥ 0`` and ``(v − u)_t (Gv)_t = 0`` up to rounding, relative to ``max G_tt · max v``."""
+    gv = torch.where(present, torch.bmm(g, v.unsqueeze(2)).squeeze(2), 0.0)
+    scale = torch.diagonal(g, dim1=1, dim2=2).amax(dim=1) * v.abs().amax(dim=1)
+    worst = torch.maximum((-gv).amax(dim=1), ((v - u) * gv).abs().amax(dim=1))
+    return bool((worst <= _CONVERGED * scale).all())
+
+
 def min_norm_weights(gram: Tensor, present: Tensor, *, iterations: int = 50) -> Tensor:
     """MGDA's min-norm point of the convex hull of the present task gradients (Sener & Koltun, 2018).
 
@@ -292,6 +313,8 @@ def min_norm_weights(gram: Tensor, present: Tensor, *, iterations: int = 50) -> 
         w = w.scatter(1, a, torch.where(step >= w_a, 0.0, w.gather(1, a)))  # a drop step removes a exactly
         if (k + 1) % _POLISH_EVERY == 0 or k == iterations - 1:
             w = _wolfe_minor_cycles(g, present, w)
+            if _min_norm_converged(g, present, w, diag):
+                break
 
     w = full_w0.index_copy(0, many, w)
     return torch.where(full_present, w, 0.0)
@@ -520,5 +543,7 @@ def dual_cone_weights(gram: Tensor, preferences: Tensor, present: Tensor, *, ite
             flat_v = v_t.permute(1, 2, 0).reshape(R * K, T)
             flat_v = _dual_cone_minor_cycles(flat_g, flat_u, flat_present, flat_v)
             v_t = flat_v.view(R, K, T).permute(2, 0, 1).contiguous()
+            if _dual_cone_converged(flat_g, flat_u, flat_present, flat_v):
+                break
     v = v_t.permute(1, 2, 0)
     return torch.where(present.unsqueeze(1), v, 0.0)

@@ -86,6 +86,9 @@ def _phi(x: Tensor, q: float) -> Tensor:
     return x if q == 0.0 else torch.expm1(q * x) / q
 
 
+_CONVERGED = 1e-14  # relative residual at which the iterations stop early (all rows at once)
+
+
 def fairgrad_weights(gram: Tensor, present: Tensor, alpha: float, *, iterations: int = 20) -> Tensor:
     """FairGrad's weights: the solution w > 0 of ``G w = w^{-1/a}`` over the present tasks of every row.
 
@@ -161,6 +164,9 @@ def _solve(g: Tensor, active: Tensor, alpha: float, iterations: int) -> Tensor:
             torch.where(keep, new, old) for new, old in ((trial, x), (w_t, w), (power_t, power), (gw_t, gw))
         )
         f, noise = torch.where(ok, f_t, f), torch.where(ok, noise_t, noise)
+        terms = (g.abs() * w.unsqueeze(1)).sum(dim=2) + power
+        if bool((((gw - power).abs() <= _CONVERGED * terms) | ~active).all()):
+            break  # every row's equations hold to rounding: further Newton steps change nothing
 
     # a row is solved where every task's equation holds to _SOLVED relative to the size of its terms, and
     # every task's progress w_t^{-1/a} is resolvable (above _RESOLVED of the terms it is the difference of)

@@ -72,6 +72,7 @@ Not the identity on a single task: one task gets α = 1/‖g‖ (a unit update),
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -121,6 +122,9 @@ def _spd_solve(h: Tensor, b: Tensor) -> Tensor:
     return torch.stack(x)
 
 
+_CONVERGED = 1e-26  # Newton decrement² below which a row is solved (β then exact to ~1e-13)
+
+
 def nash_weights(gram: Tensor, present: Tensor, *, iterations: int = 20, cap: float = 1e-8) -> Tensor:
     """The Nash bargaining weights α [R, T] float64 of every row: ``α_t (G α)_t = 1 − ε (α_t ‖g_t‖)⁴``
     (ε = ``cap``) over the present tasks with a non-zero gradient, 0 elsewhere (see the module docstring).
@@ -133,6 +137,16 @@ def nash_weights(gram: Tensor, present: Tensor, *, iterations: int = 20, cap: fl
     diag = torch.diagonal(g, dim1=1, dim2=2)
     active = present & (diag > 0) & finite.unsqueeze(1)  # [R, T]
     d = torch.where(active, diag, 1.0).sqrt()
+    n_active = active.sum(dim=1)
+    if bool((n_active == 1).any()):
+        # a lone task solves β² + ε β⁴ = 1 in closed form (written without cancellation); Newton runs on the
+        # rows where tasks meet only (on real data a small minority)
+        lone = math.sqrt(2.0 / (1.0 + math.sqrt(1.0 + 4.0 * cap)))
+        out = torch.where(active, lone / d, 0.0)
+        rows = (n_active >= 2).nonzero().squeeze(1)
+        if rows.numel():
+            out[rows] = nash_weights(gram[rows], present[rows], iterations=iterations, cap=cap)
+        return out
     both = active.unsqueeze(2) & active.unsqueeze(1)
     eye = torch.eye(T, dtype=torch.bool, device=gram.device)
     corr = (g / d.unsqueeze(2) / d.unsqueeze(1)).clamp(-1.0, 1.0)
@@ -166,6 +180,8 @@ def nash_weights(gram: Tensor, present: Tensor, *, iterations: int = 20, cap: fl
         change = change - (torch.log1p(r) * one).sum(dim=0)
         damped = 1.0 / (1.0 + decrement2.clamp(min=0.0).sqrt())
         beta = beta + torch.where(change < 0, full, damped) * step
+        if bool((decrement2 <= _CONVERGED).all()):  # Newton's quadratic convergence: every row is done
+            break
     return torch.where(active, beta.t() / d, 0.0)
 
 

@@ -97,6 +97,15 @@ def pcd_qp(gram: Tensor, present: Tensor, tau: float, main_task: int, dependence
     eligible = present & ~is_main & (diag > 0)  # a zero secondary gradient constrains nothing
     b = tau * diag - gram[:, :, main_task]  # [R, T]: b_j > 0 iff g_1 violates constraint j
     atol = _TOL * diag.amax(dim=1).clamp(min=torch.finfo(torch.float64).tiny)  # [R]
+    # where g_main violates no constraint the empty active set (μ = 0, the first one tried) is the answer:
+    # enumerate only the other rows
+    todo = (eligible & (b > atol.unsqueeze(1))).any(dim=1)
+    if not bool(todo.all()):
+        out = torch.where(is_main & present, 1.0, 0.0).to(torch.float64).expand(R, T).clone()
+        rows = todo.nonzero().squeeze(1)
+        if rows.numel():
+            out[rows] = pcd_qp(gram[rows], present[rows], tau, main_task, dependence_tol)
+        return out
 
     d = torch.where(eligible, diag, 1.0).sqrt()
     unit = (gram / (d.unsqueeze(2) * d.unsqueeze(1))).unsqueeze(1)  # unit diagonal on the eligible tasks
