@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchjd.aggregation import Constant, Sum
+from torchjd.aggregation import Constant, Mean, Sum
 
 from recmtl.aggregators import StepInfo, make_aggregator
 
@@ -54,3 +54,11 @@ def test_pmtrec_combination_matches_torchjd_constant(T, D, combine):
     agg = make_aggregator("pmtrec", combine=combine)
     out = agg(J.unsqueeze(0), torch.ones(1, T, dtype=torch.bool), {}, StepInfo(epoch=3))
     torch.testing.assert_close(out.update[0], Constant(out.coefficients[0])(J), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("T, D", SHAPES)
+def test_ew_is_torchjd_mean_times_the_number_of_tasks(T, D):
+    """torchjd's Mean averages the rows of the Jacobian; `ew` sums them (the classic equal-weighting baseline
+    as LibMTL's EW: weights 1). A constant factor T apart, stated here."""
+    J = jacobian(T, D, 5)
+    torch.testing.assert_close(ours("ew", J), T * Mean()(J), rtol=1e-12, atol=1e-12)
