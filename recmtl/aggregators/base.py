@@ -223,6 +223,11 @@ class Aggregator(ABC):
         (per-row state is indexed by storage row id, :attr:`StepInfo.row_ids`; global state needs no rows)."""
         return {}
 
+    def check_mode(self, mode: str) -> None:  # noqa: B027 (a hook: by default nothing to check)
+        """Raise ConfigError where an option's value does not fit ``mode`` (the trainer checks this with the
+        other options, before any work; by default every option fits every supported mode)."""
+        return None
+
     def fixed_task_weights(self, n_tasks: int) -> Tensor | None:
         """For ``fixed_weights`` methods, the [T] 0/1 loss weights of the equivalent summed backward."""
         return None

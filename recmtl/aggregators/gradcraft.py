@@ -244,7 +244,8 @@ class GradCraft(Aggregator):
     modes: ClassVar[frozenset[str]] = frozenset({"row", "global"})
     paper_modes: ClassVar[frozenset[str]] = frozenset({"global"})
     summary: ClassVar[str] = (
-        "task gradients raised towards the largest norm, then each deconflicted against all others at once; their mean"
+        "task gradients raised towards the largest norm, each then deconflicted against all the others at "
+        "once; their mean"
     )
     paper: ClassVar[str] = (
         "Bai et al., GradCraft: Elevating Multi-task Recommendations through Holistic Gradient Crafting, "

@@ -230,16 +230,20 @@ class NashMTL(Aggregator):
             "step": torch.zeros((), dtype=torch.int64),
         }
 
+    def check_mode(self, mode: str) -> None:
+        if mode == "row" and self.update_weights_every != 1:
+            raise ConfigError(
+                f"nashmtl: update_weights_every={self.update_weights_every} needs the global mode "
+                "(per-row mode recomputes the weights at every step)"
+            )
+
     def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
         present, gram = grads.present, grads.gram()
         alpha = nash_weights(gram, present, iterations=self.optim_niter, cap=self.cap)
         if "alpha" in state:  # global mode: torchjd's prvs_alpha and step
             alpha, state = self._recompute_or_reuse(alpha, present, state)
-        elif self.update_weights_every != 1:
-            raise ConfigError(
-                f"nashmtl: update_weights_every={self.update_weights_every} needs the global mode "
-                "(per-row mode recomputes the weights at every step)"
-            )
+        else:
+            self.check_mode("row")
         alpha = clip_weights(alpha, gram, present, self.max_norm)
         return Weights(alpha.to(compute_dtype(grads.values.dtype)), state)
 

@@ -156,6 +156,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--method {self.method.name} does not support --mode {self.mode} (supports: {supported})"
             )
+        self.method.check_mode(self.mode)
         metric, _, k = self.select_metric.partition("@")
         if metric not in METRIC_NAMES:
             raise ConfigError(

@@ -311,6 +311,16 @@ def test_method_table_with_an_option_the_method_lacks(data, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_option_that_does_not_fit_the_mode_is_refused_before_any_work(data, tmp_path):
+    """Nash-MTL reuses its weights only in global mode: asked to in row mode, no run directory is made."""
+    extra = ("--aux", "social", "--method", "nashmtl", "--method-opt", "update_weights_every=2")
+    refused = train(data, tmp_path / "runs", *extra)
+    assert_one_line_error(refused, "nashmtl", "update_weights_every=2", "global")
+    assert not (tmp_path / "runs").exists()
+    ok = train(data, tmp_path / "runs", *extra, "--mode", "global")
+    assert ok.exit_code == 0, ok.stderr
+
+
 def test_methods_lists_every_method_with_its_options_and_paper():
     result = runner.invoke(app, ["methods"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

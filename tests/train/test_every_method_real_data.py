@@ -84,4 +84,5 @@ def test_ciao(ciao, tmp_path, method, mode):
     config = TrainConfig(
         data=ciao, method=method, mode=mode, aux=("social", "category"), lr=0.005, epochs=2, eval_every=2
     )
-    _trains_and_resumes(config.validate(), tmp_path, interrupt_at_step=20, resume=_per_row_state(method, mode))
+    resume = _per_row_state(method, mode)
+    _trains_and_resumes(config.validate(), tmp_path, interrupt_at_step=20, resume=resume)
