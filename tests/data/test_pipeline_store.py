@@ -197,16 +197,20 @@ def test_all_recipes_load():
     from tests.conftest import ROOT
 
     names = sorted(p.stem for p in (ROOT / "datasets").glob("*.toml"))
-    assert names == ["amazon-office", "amazon-videogames", "ciao", "epinions", "lastfm", "synthetic"]
+    assert names == [
+        "amazon-office", "amazon-videogames", "ciao", "epinions", "lastfm",
+        "synthetic", "synthetic-noisy-social",
+    ]  # fmt: skip
     for name in names:
         load_recipe(ROOT / "datasets" / f"{name}.toml").config()
 
 
-def test_synthetic_recipe_gives_its_documented_counts(tmp_path):
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-noisy-social"])
+def test_synthetic_recipe_gives_its_documented_counts(tmp_path, name):
     from tests.conftest import ROOT
 
-    recipe = load_recipe(ROOT / "datasets" / "synthetic.toml")
-    manifest = pipeline.prepare(recipe.config(), tmp_path / "synthetic")
+    recipe = load_recipe(ROOT / "datasets" / f"{name}.toml")
+    manifest = pipeline.prepare(recipe.config(), tmp_path / name)
     assert recipe.expected
     for key, expected in recipe.expected.items():
         assert manifest["counts"][key] == expected, key
