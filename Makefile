@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test lint format bench clean venv study-ciao study-synthetic help
+.PHONY: demo test lint format bench clean venv study-ciao study-synthetic reproduce-smoke help
 
 # `make` alone (or `make help`) lists the targets with the `## ` comment on their line.
 .DEFAULT_GOAL := help
@@ -49,6 +49,12 @@ bench: $(STAMP) ## run benchmarks/ (prepare, training step, evaluation), appendi
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_train_step.py
 	$(BIN)/python benchmarks/bench_evaluate.py
+
+# prepare -> sweep -> compare on the synthetic default, small enough for CI (.ci/run runs it after the tests).
+reproduce-smoke: $(STAMP) ## prepare -> sweep -> compare: 2 methods x 2 seeds x 2 epochs on synthetic data (results/smoke/)
+	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out data/synthetic --overwrite --quiet
+	$(BIN)/recmtl sweep sweeps/smoke.toml --quiet
+	$(BIN)/recmtl compare --sweep sweeps/smoke.toml --baseline single --out results/smoke
 
 # docs/results.md: single / ew / pmtrec on Ciao (--aux social,category), 3 seeds each, test metrics.
 CIAO_RAW ?= ../shared/data/ciao

@@ -55,6 +55,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "evaluate",
         "Full-ranking top-K evaluation of a run's best checkpoint over all items.",
     ),
+    "sweep": (
+        "cli.sweep",
+        "sweep",
+        "Train and evaluate every cell of a sweep file (methods × option grid × seeds), resumably.",
+    ),
+    "compare": (
+        "cli.compare",
+        "compare",
+        "Compare evaluated runs: mean ± std over seeds, paired tests against a baseline, tables and plots.",
+    ),
     "methods": (
         "cli.methods",
         "methods",
@@ -73,8 +83,8 @@ def build_app(commands: tuple[str, ...] | None = None) -> Any:
 
     app = typer.Typer(
         name="recmtl",
-        help="Multi-task training for recommender systems: prepare -> train -> evaluate "
-        "(`recmtl methods` lists the gradient-aggregation methods).",
+        help="Multi-task training for recommender systems: prepare -> train -> evaluate, and sweep -> "
+        "compare for studies (`recmtl methods` lists the gradient-aggregation methods).",
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,

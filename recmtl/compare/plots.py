@@ -1,0 +1,193 @@
+"""PNG figures of a comparison (matplotlib, Agg back end: no display needed).
+
+Every figure is :data:`FIGSIZE` inches at :data:`DPI` (800 x 500 pixels), written atomically:
+
+- ``valid_curve.png``: the validation focus metric (valid_ndcg@20) per epoch, mean over seeds (band: ±std);
+- ``task_weights.png``: the mean per-task aggregation weight (weight_<task>) per epoch, one panel per task;
+- ``activity.png``: the test focus metric by user-activity bucket (cold / mid / heavy), mean ± std over seeds;
+- ``heatmap_<method>.png``: for a method whose groups vary exactly two of its options (a sensitivity
+  grid), the test focus metric over the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the back end)
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from recmtl.compare.groups import Group, grid_of  # noqa: E402
+from recmtl.compare.table import BUCKETS, Comparison  # noqa: E402
+from recmtl.data.store import atomic_file  # noqa: E402
+
+FIGSIZE = (8.0, 5.0)
+DPI = 100
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _per_epoch(group: Group, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(epochs, mean, std) of ``column`` over the group's runs (each epoch over the seeds that reached it)."""
+    frames = [
+        r.history.select("epoch", pl.col(column).cast(pl.Float64).alias("v"))
+        for r in group.runs
+        if r.history is not None and column in r.history.columns
+    ]
+    if not frames:
+        return None
+    stacked = pl.concat(frames).drop_nans().drop_nulls()
+    if stacked.is_empty():
+        return None
+    agg = (
+        stacked.group_by("epoch")
+        .agg(pl.col("v").mean().alias("m"), pl.col("v").std().alias("s"))
+        .sort("epoch")
+    )
+    return agg["epoch"].to_numpy(), agg["m"].to_numpy(), np.nan_to_num(agg["s"].to_numpy())
+
+
+def plot_validation(c: Comparison, path: Path) -> Path | None:
+    """Validation ``c.focus`` per epoch per group; None when no run logged it."""
+    column = f"valid_{c.focus}"
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    drawn = 0
+    for group in c.groups:
+        curve = _per_epoch(group, column)
+        if curve is None:
+            continue
+        epochs, mean, std = curve
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=group.label)
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column)
+    ax.set_title(f"{c.dataset}: validation {c.focus} (mean over seeds, band ±std)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _tasks(c: Comparison) -> list[str]:
+    names: list[str] = []
+    for g in c.groups:
+        for r in g.runs:
+            if r.history is not None:
+                names += [
+                    k[len("weight_") :] for k in r.history.columns if k.startswith("weight_") and "@" not in k
+                ]
+    return list(dict.fromkeys(names))
+
+
+def plot_weights(c: Comparison, path: Path) -> Path | None:
+    """Mean per-task aggregation weight per epoch per group, one panel per task; None when none logged."""
+    tasks = _tasks(c)
+    if not tasks:
+        return None
+    ncols = min(len(tasks), 3)
+    nrows = math.ceil(len(tasks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=FIGSIZE, squeeze=False, sharex=True)
+    drawn = 0
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for group in c.groups:
+            curve = _per_epoch(group, f"weight_{task}")
+            if curve is None:
+                continue
+            epochs, mean, _ = curve
+            ax.plot(epochs, mean, marker="o", markersize=3, label=group.label)
+            drawn += 1
+        ax.set_title(f"weight_{task}", fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.set_visible(False)
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        axes.flat[0].legend(handles, labels, fontsize="x-small")
+    fig.suptitle(f"{c.dataset}: mean per-task aggregation weight (mean over seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_activity(c: Comparison, path: Path) -> Path:
+    """Test ``c.focus`` by user-activity bucket, grouped bars (one per group), mean ± std over seeds."""
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    n = len(c.groups)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(BUCKETS))
+    for i, group in enumerate(c.groups):
+        rows = c.activity.filter(pl.col("group") == group.label)
+        by = {r["bucket"]: r for r in rows.iter_rows(named=True)}
+        mean = [by[b]["mean"] if b in by else math.nan for b in BUCKETS]
+        std = [by[b]["std"] if b in by else 0.0 for b in BUCKETS]
+        ax.bar(x - 0.4 + width * (i + 0.5), mean, width, yerr=std, capsize=3, label=group.label)
+    counts = c.activity.filter(pl.col("group") == c.groups[0].label)["n_users"].to_list()
+    ax.set_xticks(x, [f"{b} ({u} users)" for b, u in zip(BUCKETS, counts, strict=False)])
+    ax.set_ylabel(f"test {c.focus}")
+    ax.set_title(f"{c.dataset}: {c.split} {c.focus} by user activity (training interactions, terciles)")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_heatmap(c: Comparison, method: str, a: str, b: str, groups: list[Group], path: Path) -> Path:
+    """Test ``c.focus`` (mean over seeds) over the grid of ``method``'s options ``a`` (rows) x ``b``."""
+    rows = sorted({g.options[f"method.{a}"] for g in groups}, key=_order)
+    cols = sorted({g.options[f"method.{b}"] for g in groups}, key=_order)
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for g in groups:
+        i, j = rows.index(g.options[f"method.{a}"]), cols.index(g.options[f"method.{b}"])
+        grid[i, j] = c.cell(g.label, c.focus)["mean"]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(cols)), [str(v) for v in cols])
+    ax.set_yticks(range(len(rows)), [str(v) for v in rows])
+    ax.set_xlabel(b)
+    ax.set_ylabel(a)
+    finite = grid[np.isfinite(grid)]
+    middle = float(finite.mean()) if finite.size else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(grid[i, j]):
+                color = "black" if grid[i, j] > middle else "white"
+                ax.text(j, i, f"{grid[i, j]:.4f}", ha="center", va="center", color=color, fontsize="small")
+    fig.colorbar(image, ax=ax, label=f"{c.split} {c.focus}")
+    ax.set_title(f"{c.dataset}: {method} sensitivity, {c.split} {c.focus} (mean over seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _order(value: object) -> tuple[int, float, str]:
+    return (0, float(value), "") if isinstance(value, int | float) else (1, 0.0, str(value))
+
+
+def write_plots(c: Comparison, out: Path) -> list[Path]:
+    """Every figure that applies to ``c``, written into ``out``; the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        plot_validation(c, out / "valid_curve.png"),
+        plot_weights(c, out / "task_weights.png"),
+        plot_activity(c, out / "activity.png"),
+    ]
+    for method, (a, b, groups) in grid_of(c.groups).items():
+        written.append(plot_heatmap(c, method, a, b, groups, out / f"heatmap_{method}.png"))
+    return [p for p in written if p is not None]

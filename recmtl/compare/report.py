@@ -1,0 +1,186 @@
+"""A :class:`~recmtl.compare.table.Comparison` as text: Markdown, CSV and LaTeX (booktabs), and the files.
+
+- Markdown and LaTeX: (1) mean ± std over seeds of every metric at every K, the best per column in bold;
+  (2) with a baseline, the change over it in percent for every metric with the pooled per-user paired
+  t-test's Holm-adjusted p-value; (3) every test of the focus metric (pooled per-user t-test and
+  Wilcoxon, across-seed t-test), raw and Holm-adjusted.
+- CSV: ``compare.csv`` is the tidy summary (one row per group x metric, every number at full precision)
+  and ``compare_tests.csv`` every test (per seed, pooled, across seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from recmtl.compare.table import Comparison
+from recmtl.data.store import atomic_write_text
+
+FILES = ("compare.md", "compare.csv", "compare_tests.csv", "compare.tex")
+
+
+def fmt_value(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.4f}"
+
+
+def fmt_pct(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:+.2f}%"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value: 3 decimals, scientific notation below 0.001, ``—`` when undefined."""
+    if p is None or math.isnan(p):
+        return "—"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _heading(c: Comparison) -> str:
+    seeds = sorted({s for g in c.groups for s in g.seeds})
+    base = f" · baseline {c.baseline}" if c.baseline else ""
+    return f"{c.dataset} · {c.split} split · seeds {','.join(map(str, seeds))}{base}"
+
+
+def _focus_rows(c: Comparison) -> list[tuple[str, list[str]]]:
+    """(group, [Δ%, p t, Holm, p W, Holm, p seeds, Holm]) for every group but the baseline."""
+    out = []
+    for g in c.groups:
+        if g.label == c.baseline:
+            continue
+        r = c.cell(g.label, c.focus)
+        out.append(
+            (
+                g.label,
+                [
+                    fmt_pct(r["rel_impr_pct"]),
+                    fmt_p(r["p_ttest"]),
+                    fmt_p(r["p_ttest_holm"]),
+                    fmt_p(r["p_wilcoxon"]),
+                    fmt_p(r["p_wilcoxon_holm"]),
+                    fmt_p(r["p_seeds"]),
+                    fmt_p(r["p_seeds_holm"]),
+                ],
+            )
+        )
+    return out
+
+
+FOCUS_HEADERS = [
+    "Δ%",
+    "t-test p (users)",
+    "Holm",
+    "Wilcoxon p (users)",
+    "Holm",
+    "t-test p (seeds)",
+    "Holm",
+]
+
+
+def to_markdown(c: Comparison) -> str:
+    """The comparison as Markdown tables (best per column in bold)."""
+    lines = [f"# Comparison: {_heading(c)}", ""]
+    lines += ["## Mean ± std over seeds (best per column in bold)", ""]
+    lines.append("| group | seeds | " + " | ".join(c.metrics) + " |")
+    lines.append("|---|---:|" + "---:|" * len(c.metrics))
+    for g in c.groups:
+        cells = []
+        for m in c.metrics:
+            r = c.cell(g.label, m)
+            text = f"{fmt_value(r['mean'])} ± {fmt_value(r['std'])}"
+            cells.append(f"**{text}**" if r["best"] else text)
+        lines.append(f"| {_md(g.label)} | {len(g.runs)} | " + " | ".join(cells) + " |")
+    if c.baseline:
+        lines += ["", f"## Change vs {_md(c.baseline)} (Holm-adjusted p of the per-user paired t-test)", ""]
+        lines.append("| group | " + " | ".join(c.metrics) + " |")
+        lines.append("|---|" + "---:|" * len(c.metrics))
+        for g in c.groups:
+            if g.label == c.baseline:
+                continue
+            cells = []
+            for m in c.metrics:
+                r = c.cell(g.label, m)
+                cells.append(f"{fmt_pct(r['rel_impr_pct'])} (p {fmt_p(r['p_ttest_holm'])})")
+            lines.append(f"| {_md(g.label)} | " + " | ".join(cells) + " |")
+        n = len(c.groups) - 1
+        plural = "s" * (n != 1)
+        lines += [
+            "",
+            f"## Paired tests vs {_md(c.baseline)} on {c.focus} (Holm over {n} compared group{plural})",
+            "",
+            "Users: per-user differences of every shared seed pooled; seeds: per-seed means paired by seed.",
+            "",
+        ]
+        lines.append("| group | " + " | ".join(FOCUS_HEADERS) + " |")
+        lines.append("|---|" + "---:|" * len(FOCUS_HEADERS))
+        for label, cells in _focus_rows(c):
+            lines.append(f"| {_md(label)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_csv(c: Comparison) -> str:
+    """The tidy summary: one row per group x metric (mean, std, change, p-values raw and Holm, best)."""
+    return c.summary.fill_nan(None).write_csv(float_precision=6)
+
+
+def tests_csv(c: Comparison) -> str:
+    """Every test: one row per group x metric x scope (seed S, pooled, seeds) x test."""
+    return c.tests.fill_nan(None).write_csv(float_precision=6)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}  # fmt: skip
+
+
+def _tex(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def to_latex(c: Comparison) -> str:
+    """The comparison as LaTeX booktabs tables (best per column in bold; needs \\usepackage{booktabs})."""
+    out = [f"% recmtl compare: {_heading(c)}", r"\begin{table}[t]", r"\centering", r"\small"]
+    out.append(r"\begin{tabular}{l" + "r" * (len(c.metrics) + 1) + "}")
+    out.append(r"\toprule")
+    out.append("group & seeds & " + " & ".join(_tex(m) for m in c.metrics) + r" \\")
+    out.append(r"\midrule")
+    for g in c.groups:
+        cells = []
+        for m in c.metrics:
+            r = c.cell(g.label, m)
+            text = f"{fmt_value(r['mean'])} \\pm {fmt_value(r['std'])}"
+            cells.append(f"$\\mathbf{{{text}}}$" if r["best"] else f"${text}$")
+        out.append(f"{_tex(g.label)} & {len(g.runs)} & " + " & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    out.append(rf"\caption{{Mean $\pm$ std over seeds ({_tex(c.dataset)}, {_tex(c.split)}); best in bold.}}")
+    out.append(r"\end{table}")
+    if c.baseline:
+        headers = [_tex(h).replace("Δ", r"$\Delta$") for h in FOCUS_HEADERS]
+        out += ["", r"\begin{table}[t]", r"\centering", r"\small"]
+        out.append(r"\begin{tabular}{l" + "r" * len(headers) + "}")
+        out.append(r"\toprule")
+        out.append("group & " + " & ".join(headers) + r" \\")
+        out.append(r"\midrule")
+        for label, cells in _focus_rows(c):
+            out.append(f"{_tex(label)} & " + " & ".join(_tex(x).replace("—", "--") for x in cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+        out.append(
+            rf"\caption{{Paired tests of {_tex(c.focus)} against {_tex(c.baseline)}: per-user (pooled over "
+            r"seeds) and across seeds; Holm-adjusted over the compared groups.}}"
+        )
+        out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def write_reports(c: Comparison, out: Path) -> list[Path]:
+    """Write :data:`FILES` into ``out`` (created if need be), each atomically; return their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = [to_markdown(c), to_csv(c), tests_csv(c), to_latex(c)]
+    paths = []
+    for name, text in zip(FILES, texts, strict=True):
+        atomic_write_text(out / name, text)
+        paths.append(out / name)
+    return paths
