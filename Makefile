@@ -11,7 +11,9 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test lint format bench clean venv study-ciao study-synthetic reproduce-smoke help
+.PHONY: demo test lint format bench clean venv study-ciao study-synthetic help
+.PHONY: reproduce-smoke reproduce-synthetic reproduce-ciao reproduce-lastfm reproduce-epinions
+.PHONY: reproduce-amazon-videogames reproduce-amazon-office reproduce-pmtrec-ciao reproduce-robustness
 
 # `make` alone (or `make help`) lists the targets with the `## ` comment on their line.
 .DEFAULT_GOAL := help
@@ -56,8 +58,62 @@ reproduce-smoke: $(STAMP) ## prepare -> sweep -> compare: 2 methods x 2 seeds x 
 	$(BIN)/recmtl sweep sweeps/smoke.toml --quiet
 	$(BIN)/recmtl compare --sweep sweeps/smoke.toml --baseline single --out results/smoke
 
-# docs/results.md: single / ew / pmtrec on Ciao (--aux social,category), 3 seeds each, test metrics.
+# Whole studies: prepare -> sweep (sweeps/DATASET.toml: every method x 3 seeds; resumable, so a stopped target
+# continues where it stopped) -> compare against single and against ew, into results/DATASET/.
+# Raw files: CIAO_RAW and LASTFM_RAW (default ../shared/data/...), RAW=... for the datasets users bring.
 CIAO_RAW ?= ../shared/data/ciao
+LASTFM_RAW ?= ../shared/data/lastfm-2k
+JOBS ?= 1
+define study
+	$(BIN)/recmtl sweep sweeps/$(1).toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/$(1).toml --baseline single --out results/$(1)/vs-single
+	$(BIN)/recmtl compare --sweep sweeps/$(1).toml --baseline ew --out results/$(1)/vs-ew --no-plots
+endef
+define need_raw
+	@test -n "$(RAW)" || { echo "error: give the raw files: make $@ RAW=path/to/raw (see docs/data.md)" >&2; exit 2; }
+endef
+
+reproduce-synthetic: $(STAMP) ## every method x 3 seeds on the synthetic default -> results/synthetic/
+	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out data/synthetic --overwrite --quiet
+	$(call study,synthetic)
+
+reproduce-ciao: $(STAMP) ## every method x 3 seeds on Ciao (CIAO_RAW) -> results/ciao/
+	$(BIN)/recmtl prepare --recipe datasets/ciao.toml --raw $(CIAO_RAW) --out data/ciao --overwrite --quiet
+	$(call study,ciao)
+
+reproduce-lastfm: $(STAMP) ## every method x 3 seeds on Last.fm (LASTFM_RAW) -> results/lastfm/
+	$(BIN)/recmtl prepare --recipe datasets/lastfm.toml --raw $(LASTFM_RAW) --out data/lastfm --overwrite --quiet
+	$(call study,lastfm)
+
+reproduce-epinions: $(STAMP) ## every method x 3 seeds on Epinions: make reproduce-epinions RAW=dir
+	$(call need_raw)
+	$(BIN)/recmtl prepare --recipe datasets/epinions.toml --raw $(RAW) --out data/epinions --overwrite --quiet
+	$(call study,epinions)
+
+reproduce-amazon-videogames: $(STAMP) ## every method x 3 seeds on Amazon Video Games: RAW=dir
+	$(call need_raw)
+	$(BIN)/recmtl prepare --recipe datasets/amazon-videogames.toml --raw $(RAW) --out data/amazon-videogames --overwrite --quiet
+	$(call study,amazon-videogames)
+
+reproduce-amazon-office: $(STAMP) ## every method x 3 seeds on Amazon Office: RAW=dir
+	$(call need_raw)
+	$(BIN)/recmtl prepare --recipe datasets/amazon-office.toml --raw $(RAW) --out data/amazon-office --overwrite --quiet
+	$(call study,amazon-office)
+
+# PMTRec's own checks on Ciao (prepare it with reproduce-ciao or study-ciao first): sensitivity and readings.
+reproduce-pmtrec-ciao: $(STAMP) ## PMTRec alpha x tau sensitivity and [reading] options on Ciao -> results/pmtrec-*/
+	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-ciao.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao.toml --out results/pmtrec-sensitivity-ciao
+	$(BIN)/recmtl sweep sweeps/pmtrec-readings-ciao.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-readings-ciao.toml --baseline single --out results/pmtrec-readings-ciao
+
+# Robustness: a pure-noise social table; a good method must not fall below single.
+reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/
+	$(BIN)/recmtl prepare --recipe datasets/synthetic-noisy-social.toml --out data/synthetic-noisy-social --overwrite --quiet
+	$(BIN)/recmtl sweep sweeps/robustness-noisy-social.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/robustness-noisy-social.toml --baseline single --out results/robustness-noisy-social
+
+# docs/results.md (before sweeps): single / ew / pmtrec on Ciao (--aux social,category), 3 seeds each.
 study-ciao: $(STAMP) ## docs/results.md's Ciao table (raw files from CIAO_RAW, default ../shared/data/ciao)
 	$(BIN)/recmtl prepare --recipe datasets/ciao.toml --raw $(CIAO_RAW) --out data/ciao --overwrite --quiet
 	$(BIN)/python benchmarks/study.py --data data/ciao --aux social,category --methods single,ew,pmtrec \
@@ -73,4 +129,4 @@ clean: ## remove .venv, data/, runs/ and .pytest_cache
 	rm -rf $(VENV) data runs .pytest_cache
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1\t\2/' | expand -t 18
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1\t\2/' | expand -t 29
