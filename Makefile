@@ -101,7 +101,9 @@ reproduce-amazon-office: $(STAMP) ## every method x 3 seeds on Amazon Office: RA
 	$(call study,amazon-office)
 
 # PMTRec's own checks on Ciao (prepare it with reproduce-ciao or study-ciao first): sensitivity and readings.
-reproduce-pmtrec-ciao: $(STAMP) ## PMTRec alpha x tau sensitivity and [reading] options on Ciao -> results/pmtrec-*/
+reproduce-pmtrec-ciao: $(STAMP) ## PMTRec ablation, alpha x tau sensitivity and [reading] options on Ciao -> results/pmtrec-*/
+	$(BIN)/recmtl sweep sweeps/pmtrec-ablation-ciao.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-ablation-ciao.toml --baseline pmtrec --out results/pmtrec-ablation-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao.toml --out results/pmtrec-sensitivity-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-readings-ciao.toml --jobs $(JOBS) --quiet

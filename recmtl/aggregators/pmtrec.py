@@ -23,6 +23,10 @@ For a row r with active (present) tasks A, task gradients G_t = G[r, t], norms n
      A row touched only by the main task keeps exactly its gradient (c_0 = 1).
    - ``"raw"``: ``c_t = w_t``.
 
+Ablation ``balance="uniform"`` (not a reading: the "no Gradient Magnitude Balancing" arm of the paper's
+ablation) replaces step 2 by ``w_t = 1/|A|``; Task Focusing then has no effect either (with ``focus="norm"``
+it acts only through the softmax), so the ablation's "no GMB" and "neither" arms coincide.
+
 Only the norms are needed, never the Gram matrix; the coefficient math runs on [R, T] tensors in float32
 (float64 for float64 gradients). Per-row mode is the paper's; global mode (R = 1) is offered for comparison.
 The logged task weights are the softmax weights w (not the coefficients c).
@@ -51,6 +55,7 @@ from recmtl.aggregators.base import (
 
 COMBINE = ("unit", "raw")
 FOCUS = ("norm", "logit")
+BALANCE = ("softmax", "uniform")
 
 
 def pmtrec_task_weights(
@@ -110,6 +115,9 @@ class PMTRec(Aggregator):
     )
     combine: str = option("unit", choices=COMBINE, help="[reading] unit directions × weighted norm, or raw")
     focus: str = option("norm", choices=FOCUS, help="[reading] boost the main task's norm, or its logit")
+    balance: str = option(
+        "softmax", choices=BALANCE, help="ablation: softmax (GMB) or uniform w = 1/|A| (no GMB, no focusing)"
+    )
     main_task: int = option(0, low=0, help="index of the main task among the tasks (0: rec)")
 
     name: ClassVar[str] = "pmtrec"
@@ -131,13 +139,17 @@ class PMTRec(Aggregator):
         if info.epoch < 0:
             raise ValueError(f"pmtrec: StepInfo.epoch must be >= 0, got {info.epoch}")
         norms = grads.norms()
-        w = pmtrec_task_weights(
-            norms,
-            grads.present,
-            info.epoch,
-            alpha=float(self.alpha),
-            tau=float(self.tau),
-            focus=self.focus,
-            main_task=self.main_task,
-        )
+        if self.balance == "uniform":  # the ablation without Gradient Magnitude Balancing
+            present = grads.present.to(norms.dtype)
+            w = safe_div(present, present.sum(dim=-1, keepdim=True))
+        else:
+            w = pmtrec_task_weights(
+                norms,
+                grads.present,
+                info.epoch,
+                alpha=float(self.alpha),
+                tau=float(self.tau),
+                focus=self.focus,
+                main_task=self.main_task,
+            )
         return Weights(pmtrec_coefficients(w, norms, self.combine), state, task_weights=w)

@@ -15,6 +15,7 @@ CONFIGS: list[tuple[str, dict]] = [(name, {}) for name in AGGREGATORS] + [
     ("pmtrec", {"focus": "logit"}),
     ("pmtrec", {"alpha": 1.5, "tau": 0.1}),
     ("pmtrec", {"alpha": 1.0, "tau": 10.0, "combine": "raw", "focus": "logit"}),
+    ("pmtrec", {"balance": "uniform"}),
 ]
 
 

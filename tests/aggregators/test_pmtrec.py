@@ -340,3 +340,20 @@ def test_pure_weight_function_ignores_absent_norms():
     masked = pmtrec_task_weights(norms * present, present, 4, alpha=1.2, tau=0.5)
     torch.testing.assert_close(w, masked)
     assert w[0, 2] == 0 and w[1, 0] == 0
+
+
+def test_uniform_balance_gives_equal_weights_whatever_the_focus():
+    """The ablation without Gradient Magnitude Balancing: w_t = 1/|A| on the present tasks, so
+    c_t = (1/|A|) · (Σ_k n_k / |A|) / n_t (combine=unit), and α^epoch changes nothing."""
+    grads = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]], [[0.0, 2.0], [9.0, 9.0], [6.0, 8.0]]])
+    present = torch.tensor([[True, True, False], [True, False, True]])
+    agg = PMTRec(balance="uniform", alpha=1.5)
+    for epoch in (0, 7):
+        out = agg(grads, present, {}, StepInfo(epoch=epoch))
+        norms = torch.tensor([[5.0, 1.0, 0.0], [2.0, 0.0, 10.0]])
+        expected = torch.tensor(
+            [[0.5 * 3.0 / 5.0, 0.5 * 3.0 / 1.0, 0.0], [0.5 * 6.0 / 2.0, 0.0, 0.5 * 6.0 / 10.0]]
+        )
+        torch.testing.assert_close(out.coefficients, expected)
+        torch.testing.assert_close(out.logged_weights, torch.where(present, 0.5, 0.0))
+        assert norms.shape == expected.shape
