@@ -287,6 +287,7 @@ def test_method_options_from_the_command_line_are_recorded_with_the_defaults(dat
         "tau": 0.4,
         "combine": "unit",
         "focus": "norm",
+        "balance": "softmax",
         "main_task": 0,
     }
 
