@@ -138,30 +138,19 @@ def _tests(groups: list[Group], baseline: Group, metrics: list[str]) -> pl.DataF
                 scopes.append(("pooled", pooled_a, pooled_b))
             for scope, a, b in scopes:
                 r = paired_tests(a, b)
-                rows.append(
-                    dict(
-                        group=group.label,
-                        metric=metric,
-                        scope=scope,
-                        test="ttest",
-                        n=r.n,
-                        mean_diff=r.mean_diff,
-                        statistic=r.t_stat,
-                        p=r.t_p,
+                for test, statistic, p in (("ttest", r.t_stat, r.t_p), ("wilcoxon", r.w_stat, r.w_p)):
+                    rows.append(
+                        dict(
+                            group=group.label,
+                            metric=metric,
+                            scope=scope,
+                            test=test,
+                            n=r.n,
+                            mean_diff=r.mean_diff,
+                            statistic=statistic,
+                            p=p,
+                        )
                     )
-                )
-                rows.append(
-                    dict(
-                        group=group.label,
-                        metric=metric,
-                        scope=scope,
-                        test="wilcoxon",
-                        n=r.n,
-                        mean_diff=r.mean_diff,
-                        statistic=r.w_stat,
-                        p=r.w_p,
-                    )
-                )
             base = baseline.by_seed()
             seeds = sorted(s for s in group.by_seed() if s in base)
             a = np.array([group.by_seed()[s].metrics[metric] for s in seeds])
