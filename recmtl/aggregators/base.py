@@ -280,6 +280,16 @@ def main_task_mask(main_task: int, n_tasks: int, device: torch.device) -> Tensor
     return torch.arange(n_tasks, device=device) == main_task
 
 
+def finite_gram(grads: TaskGrads) -> tuple[Tensor, Tensor]:
+    """The Gram [R', T, T] of ``grads`` with every row that overflowed (gradient norms beyond ~1e19 in
+    float32) set to 0, and [R', 1] bool: False on those rows unless they hold a single present task (their
+    coefficients are then 0: no update, rather than NaN)."""
+    gram = grads.gram()
+    finite = torch.isfinite(gram).flatten(1).all(dim=1)
+    single = grads.present.sum(dim=1) == 1
+    return torch.where(finite.view(-1, 1, 1), gram, 0.0), (finite | single).unsqueeze(1)
+
+
 __all__ = [
     "MODES",
     "Aggregation",
@@ -290,6 +300,7 @@ __all__ = [
     "TaskGrads",
     "Weights",
     "check_main_task",
+    "finite_gram",
     "main_task_mask",
     "method_options",
     "option",

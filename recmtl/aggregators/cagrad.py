@@ -57,8 +57,7 @@ import torch
 from torch import Tensor
 
 from recmtl.aggregators._math import compute_dtype, safe_div
-from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights, option
-from recmtl.aggregators.mgda import finite_gram
+from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights, finite_gram, option
 
 _FEASIBLE = -1e-10  # a candidate weight at least this (in [0, 1] units) is clipped to 0, not rejected
 _ZERO_NORM = 64.0  # ‖g_w‖² ≤ this × eps × (Σ w_t ‖g_t‖)²: zero up to the Gram's rounding

@@ -45,8 +45,7 @@ import torch
 from torch import Tensor
 
 from recmtl.aggregators._math import compute_dtype, safe_div
-from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights
-from recmtl.aggregators.mgda import finite_gram
+from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights, finite_gram
 
 _SUM_TOL = 1e-12  # |Σ v| below this (normalised units, or 64 ε if larger): α = 0
 

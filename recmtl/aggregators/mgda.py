@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from recmtl.aggregators._math import compute_dtype, min_norm_weights, safe_div
-from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights, option
+from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights, finite_gram, option
 
 NORMALIZE = ("none", "l2", "loss", "loss+")
 
@@ -82,16 +82,6 @@ def mgda_weights(gram: Tensor, present: Tensor, normalizers: Tensor) -> Tensor:
     ``normalizers`` [R, T]: ``gram`` [R, T, T] → ``argmin_{w ∈ Δ} wᵀ G̃ w``, ``G̃_st = G_st / (γ_s γ_t)``."""
     outer = normalizers.unsqueeze(2) * normalizers.unsqueeze(1)
     return min_norm_weights(safe_div(gram.to(torch.float64), outer), present)
-
-
-def finite_gram(grads: TaskGrads) -> tuple[Tensor, Tensor]:
-    """The Gram [R', T, T] of ``grads`` with every row that overflowed (gradient norms beyond ~1e19 in
-    float32) set to 0, and [R', 1] bool: False on those rows unless they hold a single present task (their
-    coefficients are then 0: no update, rather than NaN)."""
-    gram = grads.gram()
-    finite = torch.isfinite(gram).flatten(1).all(dim=1)
-    single = grads.present.sum(dim=1) == 1
-    return torch.where(finite.view(-1, 1, 1), gram, 0.0), (finite | single).unsqueeze(1)
 
 
 @dataclass(frozen=True)

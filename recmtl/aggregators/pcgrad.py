@@ -37,8 +37,7 @@ import torch
 from torch import Tensor
 
 from recmtl.aggregators._math import compute_dtype, conflict_projection
-from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights
-from recmtl.aggregators.mgda import finite_gram
+from recmtl.aggregators.base import Aggregator, State, StepInfo, TaskGrads, Weights, finite_gram
 
 
 def pcgrad_weights(gram: Tensor, present: Tensor, generator: torch.Generator) -> Tensor:
