@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
 DEMO_RUN ?= runs/demo
 
-.PHONY: demo test lint format bench clean venv study-ciao study-synthetic help
+.PHONY: demo test lint format bench clean venv help
 .PHONY: reproduce-smoke reproduce-synthetic reproduce-ciao reproduce-lastfm reproduce-epinions
 .PHONY: reproduce-amazon-videogames reproduce-amazon-office reproduce-pmtrec-ciao reproduce-robustness
 
@@ -100,7 +100,7 @@ reproduce-amazon-office: $(STAMP) ## every method x 3 seeds on Amazon Office: RA
 	$(BIN)/recmtl prepare --recipe datasets/amazon-office.toml --raw $(RAW) --out data/amazon-office --overwrite --quiet
 	$(call study,amazon-office)
 
-# PMTRec's own checks on Ciao (prepare it with reproduce-ciao or study-ciao first): sensitivity and readings.
+# PMTRec's own checks on Ciao (prepare it with reproduce-ciao first): sensitivity and readings.
 reproduce-pmtrec-ciao: $(STAMP) ## PMTRec ablation, alpha x tau sensitivity and [reading] options on Ciao -> results/pmtrec-*/
 	$(BIN)/recmtl sweep sweeps/pmtrec-ablation-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-ablation-ciao.toml --baseline pmtrec --out results/pmtrec-ablation-ciao
@@ -114,18 +114,6 @@ reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic
 	$(BIN)/recmtl prepare --recipe datasets/synthetic-noisy-social.toml --out data/synthetic-noisy-social --overwrite --quiet
 	$(BIN)/recmtl sweep sweeps/robustness-noisy-social.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/robustness-noisy-social.toml --baseline single --out results/robustness-noisy-social
-
-# docs/results.md (before sweeps): single / ew / pmtrec on Ciao (--aux social,category), 3 seeds each.
-study-ciao: $(STAMP) ## docs/results.md's Ciao table (raw files from CIAO_RAW, default ../shared/data/ciao)
-	$(BIN)/recmtl prepare --recipe datasets/ciao.toml --raw $(CIAO_RAW) --out data/ciao --overwrite --quiet
-	$(BIN)/python benchmarks/study.py --data data/ciao --aux social,category --methods single,ew,pmtrec \
-		--seeds 0,1,2 --lr 0.005 --runs-dir runs/study-ciao
-
-# The synthetic quality check: pmtrec with informative auxiliary tasks vs single, 3 seeds.
-study-synthetic: $(STAMP) ## the synthetic check: pmtrec vs single, 3 seeds
-	$(BIN)/recmtl prepare --recipe datasets/synthetic.toml --out $(DEMO_DATA) --overwrite --quiet
-	$(BIN)/python benchmarks/study.py --data $(DEMO_DATA) --config configs/demo.toml \
-		--methods single,pmtrec --seeds 0,1,2 --runs-dir runs/study-synthetic
 
 clean: ## remove .venv, data/, runs/ and .pytest_cache
 	rm -rf $(VENV) data runs .pytest_cache
