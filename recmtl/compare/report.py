@@ -1,5 +1,8 @@
 """A :class:`~recmtl.compare.table.Comparison` as text: Markdown, CSV and LaTeX (booktabs), and the files.
 
+- Markdown: first a summary in a few columns (recall and NDCG at the focus metric's K, the change of the
+  focus metric over the baseline and its Holm-adjusted p-values), for pasting into a report; then the
+  full tables below.
 - Markdown and LaTeX: (1) mean ± std over seeds of every metric at every K, the best per column in bold;
   (2) with a baseline, the change over it in percent for every metric with the pooled per-user paired
   t-test's Holm-adjusted p-value; (3) every test of the focus metric (pooled per-user t-test and
@@ -75,9 +78,47 @@ FOCUS_HEADERS = [
 ]
 
 
+def summary_metrics(c: Comparison) -> list[str]:
+    """The summary's metric columns: recall and NDCG at the focus metric's K (those measured), and the
+    focus metric itself if it is neither."""
+    k = c.focus.partition("@")[2]
+    shown = [m for m in (f"recall@{k}", f"ndcg@{k}") if m in c.metrics]
+    return shown if c.focus in shown else [*shown, c.focus]
+
+
+def _summary(c: Comparison) -> list[str]:
+    """The Markdown summary table: a few metrics, then the focus metric's change and Holm-adjusted p."""
+    shown = summary_metrics(c)
+    headers = ["group", "seeds", *shown]
+    if c.baseline:
+        headers += [f"{c.focus} Δ%", "p t (users)", "p W (users)", "p t (seeds)"]
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    for g in c.groups:
+        cells = []
+        for m in shown:
+            r = c.cell(g.label, m)
+            text = f"{fmt_value(r['mean'])} ± {fmt_value(r['std'])}"
+            cells.append(f"**{text}**" if r["best"] else text)
+        if c.baseline:
+            r = c.cell(g.label, c.focus)
+            if g.label == c.baseline:
+                cells += ["baseline", "", "", ""]
+            else:
+                ps = (r["p_ttest_holm"], r["p_wilcoxon_holm"], r["p_seeds_holm"])
+                cells += [fmt_pct(r["rel_impr_pct"]), *map(fmt_p, ps)]
+        lines.append(f"| {_md(g.label)} | {len(g.runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def to_markdown(c: Comparison) -> str:
     """The comparison as Markdown tables (best per column in bold)."""
     lines = [f"# Comparison: {_heading(c)}", ""]
+    k = c.focus.partition("@")[2]
+    tested = ""
+    if c.baseline:
+        tested = "; p: Holm-adjusted over the compared groups, t = paired t-test, W = Wilcoxon"
+    lines += [f"## Summary @{k} (mean ± std over seeds, best in bold{tested})", ""]
+    lines += [*_summary(c), ""]
     lines += ["## Mean ± std over seeds (best per column in bold)", ""]
     lines.append("| group | seeds | " + " | ".join(c.metrics) + " |")
     lines.append("|---|---:|" + "---:|" * len(c.metrics))
