@@ -82,8 +82,19 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise RecmtlError(f"{path}: not valid JSON ({exc})") from None
     if isinstance(saved.get("config"), dict):
-        saved["config"] = upgrade_train_config(saved["config"])
+        saved["config"] = ADDED_OPTIONS | upgrade_train_config(saved["config"])
     return saved
+
+
+#: TrainConfig options added since runs were first written, with the value that gives what those runs did:
+#: a config.json without them reads as if it had them, so its run resumes, evaluates and groups as before.
+ADDED_OPTIONS: dict[str, Any] = {
+    "encoder": "mf",
+    "stem_dim": None,
+    "stem_asymmetric": False,
+    "stem_no_stopgrad": False,
+    "stem_no_shared": False,
+}
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -18,8 +18,9 @@ from recmtl.data.store import atomic_file, open_dataset, sha256_file
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
 from recmtl.eval.ranking import RankingResult, rank_users
-from recmtl.model.mf import MFModel
+from recmtl.model import StemLayout, load_encoder
 from recmtl.runs import BEST, load_tensors, read_run_config, write_json
+from recmtl.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def evaluate_run(
         if dataset.data_hash != saved.get("data", {}).get("hash"):
             raise RecmtlError(f"{data_path}: the data changed since {run_dir} was trained (hash mismatch)")
     tensors, meta = load_tensors(checkpoint)
-    model = MFModel.from_state_tensors(tensors)
+    model = encoder_of_run(saved.get("config", {}), tensors, checkpoint)
     device = torch.device(device)
     data = TrainData.load(dataset, torch.device("cpu"))
     positives, exclude = split_targets(data, split)
@@ -120,3 +121,20 @@ def evaluate_run(
         with atomic_file(run_dir / "per_user.parquet") as tmp:
             frame.write_parquet(tmp)
     return report, result
+
+
+def encoder_of_run(config: dict[str, Any], tensors: dict[str, torch.Tensor], checkpoint: Path) -> Any:
+    """The encoder the run's config names (``encoder``, its tasks and STEM options), loaded from
+    ``tensors``; a one-line RecmtlError when the checkpoint holds another encoder's tables."""
+    name = config.get("encoder", "mf")
+    tasks = tuple((task, TASKS[task].tables) for task in ("rec", *config.get("aux", ())))
+    layout = StemLayout(
+        tasks,
+        shared=not config.get("stem_no_shared", False),
+        stopgrad=not config.get("stem_no_stopgrad", False),
+        asymmetric=bool(config.get("stem_asymmetric", False)),
+    )
+    try:
+        return load_encoder(name, tensors, layout)
+    except RecmtlError as exc:
+        raise RecmtlError(f"{checkpoint}: config.json says --encoder {name}, but {exc}") from None

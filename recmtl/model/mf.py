@@ -10,10 +10,14 @@ Init: normal(0, ``std``) by default (std 0.1), or xavier-uniform per table (boun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from recmtl.errors import RecmtlError
+from recmtl.model.base import Embedded
 
 TABLES = ("user", "item")
 
@@ -64,6 +68,15 @@ class MFModel:
         """Views: "user" -> [n_users, D], "item" -> [n_items, D]."""
         return {"user": self.weight[: self.n_users], "item": self.weight[self.n_users :]}
 
+    def embed(self, task: str, ids: Mapping[str, Tensor]) -> Embedded:
+        """Every task reads the same rows: one leaf over the batch's user and item rows, which are also
+        the vectors its loss consumes (``ids``: entity -> [m] ids)."""
+        names = list(ids)
+        rows = torch.cat([ids[n] + self.offsets[n] for n in names])
+        leaf = self.weight.index_select(0, rows).requires_grad_(True)
+        parts = torch.split(leaf, [ids[n].numel() for n in names])
+        return Embedded(rows, leaf, dict(zip(names, parts, strict=True)))
+
     def user_embeddings(self) -> Tensor:
         """[U, D] user vectors used for ranking."""
         return self.weight[: self.n_users]
@@ -80,6 +93,13 @@ class MFModel:
 
     @classmethod
     def from_state_tensors(cls, tensors: dict[str, Tensor]) -> MFModel:
+        """The model a checkpoint holds; a RecmtlError if it holds other tables (e.g. STEM's)."""
+        found = sorted(k.removeprefix("table.") for k in tensors if k.startswith("table."))
+        if found != sorted(TABLES):
+            raise RecmtlError(
+                f"the checkpoint holds the tables {', '.join(found)}, not matrix factorisation's "
+                f"({', '.join(TABLES)}): it was not trained with --encoder mf"
+            )
         users, items = tensors["table.user"], tensors["table.item"]
         private = {
             k.removeprefix("private."): v.clone().requires_grad_(True)

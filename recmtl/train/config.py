@@ -18,6 +18,7 @@ from typing import Any
 from recmtl.aggregators import Aggregator, PMTRec, aggregator_class, check_option_names
 from recmtl.config import coerce
 from recmtl.errors import ConfigError
+from recmtl.model import ENCODERS
 
 
 def build_method(value: Any, base: Aggregator, *, where: str = "config") -> Aggregator:
@@ -99,6 +100,20 @@ class TrainConfig:
     mode: str = _opt("row", "row: per user/item row (personalised); global: one flattened vector per task.")
     # model and optimisation
     dim: int = _opt(64, "Embedding dimension d.")
+    encoder: str = _opt(
+        "mf",
+        "Embeddings: mf (one user and one item table every task shares) or stem (a shared and a per-task "
+        "table per entity, mixed by per-task gates that read the other tasks' tables through "
+        "stop-gradient; STEM, AAAI 2024).",
+    )
+    stem_dim: int | None = _opt(
+        None, "Width of STEM's task-specific tables; must equal --dim (default: --dim)."
+    )
+    stem_asymmetric: bool = _opt(False, "STEM: only the main task reads the other tasks' tables.")
+    stem_no_stopgrad: bool = _opt(
+        False, "STEM ablation: read the other tasks' tables with their gradient (no stop-gradient)."
+    )
+    stem_no_shared: bool = _opt(False, "STEM ablation: no shared tables, only the per-task ones.")
     init: str = _opt("normal", "Embedding init: normal (std --init-std) or xavier.")
     init_std: float = _opt(0.1, "Std of the normal init.")
     epochs: int = _opt(50, "Maximum epochs (early stopping may end sooner).")
@@ -129,6 +144,7 @@ class TrainConfig:
         choices = [
             ("mode", self.mode, ("row", "global")),
             ("init", self.init, ("normal", "xavier")),
+            ("encoder", self.encoder, ENCODERS),
             ("device", self.device, ("auto", "cpu", "cuda")),
         ]
         for name, value, allowed in choices:
@@ -151,6 +167,7 @@ class TrainConfig:
         for ok, name, value, expected in checks:
             if not ok or (isinstance(value, float) and value != value):
                 raise ConfigError(f"{flag(name)} {value} out of range: expected {expected}")
+        self._check_stem()
         if self.mode not in self.method.modes:
             supported = ", ".join(sorted(self.method.modes))
             raise ConfigError(
@@ -168,3 +185,16 @@ class TrainConfig:
                 f"--select-metric {self.select_metric!r}: expected NAME@K with K in {list(self.ks)}"
             )
         return self
+
+    def _check_stem(self) -> None:
+        """The STEM options need ``--encoder stem``; ``--stem-dim`` must be ``--dim``."""
+        flags = ("stem_asymmetric", "stem_no_stopgrad", "stem_no_shared")
+        given = [name for name in flags if getattr(self, name)]
+        given += ["stem_dim"] if self.stem_dim is not None else []
+        if given and self.encoder != "stem":
+            raise ConfigError(f"{flag(given[0])} needs --encoder stem (found --encoder {self.encoder})")
+        if self.stem_dim is not None and self.stem_dim != self.dim:
+            raise ConfigError(
+                f"--stem-dim {self.stem_dim}: must equal --dim {self.dim} (STEM sums the task-specific and "
+                "shared rows, and every table lives in one row storage; see docs/training.md)"
+            )

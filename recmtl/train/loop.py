@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +24,8 @@ from recmtl.data.store import PreparedDataset, open_dataset
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError, TrainingInterrupted
 from recmtl.eval.ranking import rank_users
-from recmtl.model.mf import MFModel
+from recmtl.model import StemLayout, create_encoder
+from recmtl.model.base import Encoder, entity_of
 from recmtl.runs import (
     BEST,
     CONFIG,
@@ -104,15 +106,19 @@ DIVERGED = 1e4
 ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
 
 
-def row_groups(data: TrainData, device: torch.device) -> torch.Tensor:
-    """[n_users + n_items] group id (index into ROW_GROUPS) of every embedding row."""
+def row_groups(
+    data: TrainData, device: torch.device, tables: Sequence[str] = ("user", "item")
+) -> torch.Tensor:
+    """[N] group id (index into ROW_GROUPS) of every embedding row of the storage whose ``tables`` (in
+    storage order; ``user...`` tables hold users, ``item...`` ones items) are given."""
     activity = torch.bincount(data.train.a, minlength=data.n_users).to(torch.float64)
     q1, q2 = torch.quantile(
         activity, torch.tensor([1 / 3, 2 / 3], dtype=torch.float64, device=activity.device)
     )
     users = 1 + (activity > q1).long() + (activity > q2).long()
     items = torch.zeros(data.n_items, dtype=torch.long, device=users.device)
-    return torch.cat([users, items]).to(device)
+    of = {"user": users, "item": items}
+    return torch.cat([of[entity_of(name)] for name in tables]).to(device)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -280,7 +286,17 @@ def fit(
     return FitResult(run_dir, loop["best_epoch"], loop["best_value"], loop["history"], stopped_early)
 
 
-def build_training(config: TrainConfig, data: TrainData, device: torch.device) -> tuple[MFModel, StepPlan]:
+def stem_layout(config: TrainConfig, tasks: Sequence[tuple[str, tuple[str, ...]]]) -> StemLayout:
+    """The STEM tables and options of ``config`` for ``tasks`` ((name, entities), main task first)."""
+    return StemLayout(
+        tuple(tasks),
+        shared=not config.stem_no_shared,
+        stopgrad=not config.stem_no_stopgrad,
+        asymmetric=config.stem_asymmetric,
+    )
+
+
+def build_training(config: TrainConfig, data: TrainData, device: torch.device) -> tuple[Encoder, StepPlan]:
     """The model (seeded init, task-private parameters) and the step plan for ``config`` on ``data``."""
     options = TaskOptions(
         batch_size=config.aux_batch_size or config.batch_size,
@@ -289,7 +305,16 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
     )
     tasks = build_tasks(config.aux, data, options)
     init_gen = torch.Generator().manual_seed(config.seed)
-    model = MFModel.create(data.n_users, data.n_items, config.dim, config.init, config.init_std, config.seed)
+    model = create_encoder(
+        config.encoder,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        dim=config.dim,
+        init=config.init,
+        init_std=config.init_std,
+        seed=config.seed,
+        layout=stem_layout(config, [(task.name, task.tables) for task in tasks]),
+    )
     for task in tasks:
         model.private |= {f"{task.name}.{k}": v for k, v in task.init_private(config.dim, init_gen).items()}
     model = model.to(device)
@@ -304,7 +329,7 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
         private_optimizer=private_opt,
         row_adam=row_adam,
         workspace=RowWorkspace(model.weight.shape[0], device),
-        row_groups=row_groups(data, device),
+        row_groups=row_groups(data, device, list(model.table_rows)),
         n_groups=len(ROW_GROUPS),
         tables=model.table_rows,
     )
@@ -312,7 +337,7 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
 
 
 def run_epoch(
-    model: MFModel,
+    model: Encoder,
     plan: StepPlan,
     data: TrainData,
     config: TrainConfig,
@@ -380,7 +405,7 @@ def run_epoch(
     return record, agg_state
 
 
-def validate(model: MFModel, valid: tuple, config: TrainConfig, device: torch.device) -> dict[str, float]:
+def validate(model: Encoder, valid: tuple, config: TrainConfig, device: torch.device) -> dict[str, float]:
     """Mean full-ranking metrics on the validation split (train items masked)."""
     positives, exclude = valid
     result = rank_users(
@@ -399,7 +424,7 @@ def validate(model: MFModel, valid: tuple, config: TrainConfig, device: torch.de
 AGG_STATE = "aggregator."
 
 
-def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, loop: dict[str, Any], agg_state: State) -> None:
+def _save_last(run_dir: Path, model: Encoder, plan: StepPlan, loop: dict[str, Any], agg_state: State) -> None:
     """One atomic file with everything a resume needs: model, both optimisers' state, the aggregator's
     state, the loop state.
 
@@ -425,7 +450,7 @@ def _save_last(run_dir: Path, model: MFModel, plan: StepPlan, loop: dict[str, An
     save_tensors(run_dir / LAST, tensors, meta)
 
 
-def _restore(run_dir: Path, model: MFModel, plan: StepPlan, agg_state: State) -> tuple[dict[str, Any], State]:
+def _restore(run_dir: Path, model: Encoder, plan: StepPlan, agg_state: State) -> tuple[dict[str, Any], State]:
     """Load last.safetensors into ``model`` and ``plan``'s optimisers in place; return the loop state and
     the aggregator's state (``agg_state``, its initial state, gives the names and shapes expected)."""
     tensors, meta = load_tensors(run_dir / LAST)

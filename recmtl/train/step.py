@@ -1,8 +1,11 @@
 """One training step, top to bottom (METHODS.md §3):
 
 1. every active task samples its batch and names the user / item rows it touches;
-2. each task's rows are gathered from the shared storage as one leaf, the losses computed and summed, and a
-   single backward gives every task's gradient on its own rows (plus the private parameters' gradients);
+2. the encoder (:meth:`recmtl.model.base.Encoder.embed`) gathers, per task, the storage rows the task's
+   gradient may reach as one leaf and gives the vectors its loss reads (matrix factorisation: the rows
+   themselves; STEM: the task's gated mix of its own, the other tasks' and the shared rows); the losses
+   are summed and a single backward gives every task's gradient on its own rows (plus the private
+   parameters' gradients);
 3. the touched rows are de-duplicated: :class:`~recmtl.aggregators.TaskGrads` holds every gathered
    (row, task) gradient, to be summed per (row, task) *before* aggregation, and the presence mask P[R, T];
 4. the aggregator turns them into the update [R, D] — per row, or globally with all rows flattened — or,
@@ -24,7 +27,7 @@ import torch
 from torch import Tensor
 
 from recmtl.aggregators import Aggregator, State, StepInfo, TaskGrads
-from recmtl.model.mf import MFModel
+from recmtl.model.base import Encoder
 from recmtl.tasks.base import Task
 from recmtl.train.row_adam import RowAdam
 
@@ -89,13 +92,13 @@ class StepOutput:
     state: State
 
 
-def _private_of(model: MFModel, task: Task) -> dict[str, Tensor]:
+def _private_of(model: Encoder, task: Task) -> dict[str, Tensor]:
     prefix = f"{task.name}."
     return {k.removeprefix(prefix): v for k, v in model.private.items() if k.startswith(prefix)}
 
 
 def train_step(
-    model: MFModel,
+    model: Encoder,
     plan: StepPlan,
     rec_users: Tensor,
     rec_items: Tensor,
@@ -115,14 +118,11 @@ def train_step(
     for t in plan.active_tasks:
         task = plan.tasks[t]
         batch = task.sample(generator, rec_users, rec_items)
-        names = list(batch.ids)
-        ids = torch.cat([batch.ids[n] + model.offsets[n] for n in names])
-        leaf = model.weight.index_select(0, ids).requires_grad_(True)
-        rows = dict(zip(names, torch.split(leaf, [batch.ids[n].numel() for n in names]), strict=True))
-        loss = task.loss(rows, batch, _private_of(model, task))
+        emb = model.embed(task.name, batch.ids)  # the rows its gradient reaches (one leaf), its vectors
+        loss = task.loss(emb.rows, batch, _private_of(model, task))
         losses[t] = loss.detach()
         total = total + (loss if plan.fixed_weights is None else plan.fixed_weights[t] * loss)
-        gathered.append((t, ids, leaf))
+        gathered.append((t, emb.ids, emb.leaf))
     if plan.private_optimizer is not None:
         plan.private_optimizer.zero_grad(set_to_none=True)
     total.backward()
