@@ -57,7 +57,7 @@ def config_options(
         for f in fields:
             default = getattr(defaults, f.name)
             text = f.metadata.get("help", "")
-            if default is not None and default != ():
+            if default is not None and default != () and default is not False:  # (a flag: off unless given)
                 text += f" Default: {_shown(default)}."
             option = typer.Option(flag(f.name), help=text, show_default=False)
             annotation = Annotated[_cli_type(hints[f.name]) | None, option]
