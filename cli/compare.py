@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -12,6 +14,7 @@ from rich.table import Table
 from cli._shell import console, user_errors
 from recmtl.compare import compare as build_comparison
 from recmtl.compare import load_runs
+from recmtl.compare.buckets import BUCKET_KINDS, aux_ratio_table, friends_of, write_aux_ratio
 from recmtl.compare.report import fmt_p, fmt_pct, fmt_value, write_reports
 from recmtl.compare.table import Comparison
 from recmtl.errors import RecmtlError
@@ -60,6 +63,25 @@ def metrics_at_k(c: Comparison) -> Table:
     return table
 
 
+def bucket_table(table: pl.DataFrame, c: Comparison) -> Table:
+    """Groups x auxiliary-to-main ratio buckets: the focus metric minus the baseline (mean ± std, seeds)."""
+    title = f"{c.focus} − {c.baseline} by #friends / #training interactions (mean ± std over seeds)"
+    out = Table(title=title)
+    out.add_column("group")
+    buckets = table.unique("bucket", maintain_order=True)
+    for r in buckets.iter_rows(named=True):
+        out.add_column(f"{r['bucket']} {r['ratio']}\n{r['n_users']} users", justify="right", no_wrap=True)
+    for label in table.unique("group", maintain_order=True)["group"]:
+        rows = table.filter(pl.col("group") == label).iter_rows(named=True)
+        cells = [f"{fmt_signed(r['diff_mean'])} ± {fmt_value(r['diff_std'])}" for r in rows]
+        out.add_row(escape(label), *cells)
+    return out
+
+
+def fmt_signed(x: float | None) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:+.4f}"
+
+
 @user_errors
 def compare(
     run_dirs: Annotated[
@@ -85,6 +107,13 @@ def compare(
         Path | None, Opt(help="Write compare.md, .csv, .tex, compare_tests.csv and the PNG plots here.")
     ] = None,
     no_plots: Annotated[bool, Opt("--no-plots", help="With --out, write the tables only.")] = False,
+    buckets: Annotated[
+        str | None,
+        Opt(
+            help="Also break the focus metric's change over --baseline down by user bucket: aux-ratio "
+            "(#friends / #training interactions: none, then terciles; with --out: buckets_aux_ratio.*).",
+        ),
+    ] = None,
 ) -> None:
     """Compare evaluated runs: mean ± std over seeds, paired tests against a baseline, tables and plots.
 
@@ -93,10 +122,15 @@ def compare(
     Runs are grouped by their configuration minus the seed. Against --baseline, each group gets a per-user
     paired t-test and Wilcoxon signed-rank test (per-user differences of every shared seed pooled), and a
     paired t-test across seeds on the per-seed means, Holm-corrected over the compared groups. Runs must
-    share the data (hash) and the evaluated split.
+    share the data (hash) and the evaluated split. --buckets aux-ratio adds the change over the baseline by
+    each user's #friends / #training interactions (needs the runs' dataset with its social table).
     """
     if (sweep is None) == (not run_dirs):
         raise RecmtlError("give either RUN_DIRs or --sweep FILE (see 'recmtl compare --help')")
+    if buckets is not None and buckets not in BUCKET_KINDS:
+        raise RecmtlError(f"--buckets {buckets}: expected {' or '.join(BUCKET_KINDS)}")
+    if buckets is not None and baseline is None:
+        raise RecmtlError(f"--buckets {buckets} needs --baseline (the group to subtract, e.g. single)")
     runs = load_runs(sweep_run_dirs(sweep) if sweep is not None else run_dirs)
     result = build_comparison(runs, baseline=baseline, focus=metric.lower())
     console.print(comparison_table(result))
@@ -107,6 +141,10 @@ def compare(
     )
     if result.baseline is None:
         console.print("(no --baseline: no change or paired tests)", highlight=False)
+    by_bucket = None
+    if buckets is not None:
+        by_bucket, _ = aux_ratio_table(result, friends_of(result))
+        console.print(bucket_table(by_bucket, result))
     if out is None:
         return
     written = write_reports(result, out)
@@ -114,6 +152,8 @@ def compare(
         from recmtl.compare.plots import write_plots  # (matplotlib: imported only when plotting)
 
         written += write_plots(result, out)
+    if by_bucket is not None:
+        written += write_aux_ratio(by_bucket, result, out, plots=not no_plots)
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True, highlight=False)
 
 

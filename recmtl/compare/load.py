@@ -138,3 +138,16 @@ def train_counts(data_path: Path) -> np.ndarray | None:
     except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, pl.exceptions.PolarsError):
         return None
     return np.bincount(users.astype(np.int64), minlength=n_users)
+
+
+def social_degrees(data_path: Path) -> np.ndarray | None:
+    """[U] social out-degree (edges ``src -> dst`` from the user) of every user of the prepared dataset at
+    ``data_path``; None if it is not there or has no social table."""
+    data_path = Path(data_path)
+    try:
+        manifest = json.loads((data_path / "manifest.json").read_text())
+        src = pl.read_parquet(data_path / "social.parquet", columns=["src"])["src"].to_numpy()
+        n_users = int(manifest["counts"]["users"])
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, pl.exceptions.PolarsError):
+        return None
+    return np.bincount(src.astype(np.int64), minlength=n_users)

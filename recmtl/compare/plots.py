@@ -6,7 +6,9 @@ Every figure is :data:`FIGSIZE` inches at :data:`DPI` (800 x 500 pixels), writte
 - ``task_weights.png``: the mean per-task aggregation weight (weight_<task>) per epoch, one panel per task;
 - ``activity.png``: the test focus metric by user-activity bucket (cold / mid / heavy), mean ± std over seeds;
 - ``heatmap_<method>.png``: for a method whose groups vary exactly two of its options (a sensitivity
-  grid), the test focus metric over the grid.
+  grid), the test focus metric over the grid;
+- ``buckets_aux_ratio.png`` (``--buckets aux-ratio``): the focus metric minus the baseline by
+  auxiliary-to-main ratio bucket (:mod:`recmtl.compare.buckets`).
 """
 
 from __future__ import annotations
@@ -191,3 +193,31 @@ def write_plots(c: Comparison, out: Path) -> list[Path]:
     for method, (a, b, groups) in grid_of(c.groups).items():
         written.append(plot_heatmap(c, method, a, b, groups, out / f"heatmap_{method}.png"))
     return [p for p in written if p is not None]
+
+
+def plot_aux_ratio(table: pl.DataFrame, c: Comparison, path: Path) -> Path:
+    """The focus metric minus the baseline by auxiliary-to-main ratio bucket: grouped bars (one per
+    compared group), mean ± std over seeds (``table``: :func:`recmtl.compare.buckets.aux_ratio_table`)."""
+    buckets = table.unique("bucket", maintain_order=True)
+    labels = table.unique("group", maintain_order=True)["group"].to_list()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(buckets.height)
+    for i, label in enumerate(labels):
+        rows = table.filter(pl.col("group") == label)
+        mean = rows["diff_mean"].fill_null(math.nan).to_numpy()
+        std = np.nan_to_num(rows["diff_std"].fill_null(math.nan).to_numpy())
+        ax.bar(x - 0.4 + width * (i + 0.5), mean, width, yerr=std, capsize=3, label=label)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ticks = [f"{r['bucket']} {r['ratio']}\n{r['n_users']} users" for r in buckets.iter_rows(named=True)]
+    ax.set_xticks(x, ticks, fontsize="small")
+    ax.set_xlabel("#friends / #training interactions")
+    ax.set_ylabel(f"{c.split} {c.focus} − {c.baseline}")
+    title = f"{c.dataset}: {c.split} {c.focus} minus {c.baseline}"
+    title += "\nby auxiliary-to-main ratio (mean ± std over seeds)"
+    ax.set_title(title, fontsize="medium")
+    if labels:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
