@@ -14,6 +14,7 @@ DEMO_RUN ?= runs/demo
 .PHONY: demo test lint format bench clean venv help
 .PHONY: reproduce-smoke reproduce-synthetic reproduce-ciao reproduce-lastfm reproduce-epinions
 .PHONY: reproduce-amazon-videogames reproduce-amazon-office reproduce-pmtrec-ciao reproduce-robustness
+.PHONY: reproduce-stem
 
 # `make` alone (or `make help`) lists the targets with the `## ` comment on their line.
 .DEFAULT_GOAL := help
@@ -108,6 +109,16 @@ reproduce-pmtrec-ciao: $(STAMP) ## PMTRec ablation, alpha x tau sensitivity and 
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao.toml --out results/pmtrec-sensitivity-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-readings-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-readings-ciao.toml --baseline single --out results/pmtrec-readings-ciao
+
+# STEM (--encoder stem) against matrix factorisation on Ciao and Last.fm (raw files as for reproduce-ciao /
+# reproduce-lastfm): sweeps/stem-*.toml, then compare against single with the aux-ratio breakdown.
+reproduce-stem: $(STAMP) ## STEM vs MF (single, ew, pmtrec; stem+ew, stem+pmtrec) x 3 seeds, Ciao and Last.fm -> results/stem-*/
+	$(BIN)/recmtl prepare --recipe datasets/ciao.toml --raw $(CIAO_RAW) --out data/ciao --overwrite --quiet
+	$(BIN)/recmtl prepare --recipe datasets/lastfm.toml --raw $(LASTFM_RAW) --out data/lastfm --overwrite --quiet
+	$(BIN)/recmtl sweep sweeps/stem-ciao.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/stem-ciao.toml --baseline single --buckets aux-ratio --out results/stem-ciao
+	$(BIN)/recmtl sweep sweeps/stem-lastfm.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/stem-lastfm.toml --baseline single --buckets aux-ratio --out results/stem-lastfm
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/

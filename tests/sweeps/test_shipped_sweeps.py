@@ -4,6 +4,7 @@ mode."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,17 @@ def test_main_comparisons_cover_every_method_in_its_modes(name):
     }
     assert covered == expected
     assert {c.seed for c in cells} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("name", ["ciao", "lastfm"])
+def test_stem_sweeps_pair_stem_with_mf_under_the_main_comparisons_options(name):
+    """sweeps/stem-NAME.toml: single, ew, pmtrec on mf and ew, pmtrec on stem, 3 seeds, with every option of
+    sweeps/NAME.toml's cells (so its mf cells are the main comparison's)."""
+    cells = load_sweep(SWEEPS / f"stem-{name}.toml").cells()
+    covered = {(c.config.method.name, c.config.encoder) for c in cells}
+    assert covered == {("single", "mf"), ("ew", "mf"), ("pmtrec", "mf"), ("ew", "stem"), ("pmtrec", "stem")}
+    assert {c.seed for c in cells} == {0, 1, 2}
+    main = {(c.label, c.seed): c.config for c in load_sweep(SWEEPS / f"{name}.toml").cells()}
+    for cell in cells:
+        if cell.config.encoder == "mf":
+            assert cell.config == dataclasses.replace(main[cell.label, cell.seed], name=cell.config.name)
