@@ -26,7 +26,7 @@ def comparison_table(c: Comparison) -> Table:
     """Groups x the focus metric (mean ± std over seeds, the best bold with *), then its change over the
     baseline and its Holm-adjusted p-values."""
     table = Table(title=f"{c.dataset} · {c.split} · {c.focus}, mean ± std over seeds")
-    table.add_column("group")
+    table.add_column("group", min_width=12, overflow="fold")
     table.add_column("seeds", justify="right")
     table.add_column(c.focus, justify="right", no_wrap=True)
     if c.baseline:
@@ -67,10 +67,10 @@ def bucket_table(table: pl.DataFrame, c: Comparison) -> Table:
     """Groups x auxiliary-to-main ratio buckets: the focus metric minus the baseline (mean ± std, seeds)."""
     title = f"{c.focus} − {c.baseline} by #friends / #training interactions (mean ± std over seeds)"
     out = Table(title=title)
-    out.add_column("group")
+    out.add_column("group", min_width=12, overflow="fold")
     buckets = table.unique("bucket", maintain_order=True)
     for r in buckets.iter_rows(named=True):
-        out.add_column(f"{r['bucket']} {r['ratio']}\n{r['n_users']} users", justify="right", no_wrap=True)
+        out.add_column(f"{r['bucket']} {r['ratio']}\n{r['n_users']} users", justify="right")
     for label in table.unique("group", maintain_order=True)["group"]:
         rows = table.filter(pl.col("group") == label).iter_rows(named=True)
         cells = [f"{fmt_signed(r['diff_mean'])} ± {fmt_value(r['diff_std'])}" for r in rows]
