@@ -18,6 +18,7 @@ from typing import Any
 from recmtl.aggregators import Aggregator, PMTRec, aggregator_class, check_option_names
 from recmtl.config import coerce
 from recmtl.errors import ConfigError
+from recmtl.tasks.base import SAMPLINGS
 
 
 def build_method(value: Any, base: Aggregator, *, where: str = "config") -> Aggregator:
@@ -104,6 +105,12 @@ class TrainConfig:
     epochs: int = _opt(50, "Maximum epochs (early stopping may end sooner).")
     batch_size: int = _opt(2048, "Rec positives per step.")
     aux_batch_size: int | None = _opt(None, "Samples per auxiliary task per step (default: --batch-size).")
+    aux_sampling: str = _opt(
+        "independent",
+        "[reading] independent: auxiliary batches drawn from their own tables; aligned: anchored on the rec "
+        "batch (an out-edge of each rec user, the rec items' labels and item edges, the rec pairs' ratings; "
+        "uniform for an anchor without one). Same for every method.",
+    )
     negatives: int = _opt(1, "Negatives per positive for the BPR tasks.")
     lr: float = _opt(1e-3, "Adam learning rate.")
     seed: int = _opt(0, "Seed of init, sampling and shuffling.")
@@ -129,6 +136,7 @@ class TrainConfig:
         choices = [
             ("mode", self.mode, ("row", "global")),
             ("init", self.init, ("normal", "xavier")),
+            ("aux_sampling", self.aux_sampling, SAMPLINGS),
             ("device", self.device, ("auto", "cpu", "cuda")),
         ]
         for name, value, allowed in choices:

@@ -155,6 +155,7 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
 def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
     """Refuse to resume with an option (or a method option) other than the one the run was started with.
 
+    An option the saved config lacks (added to recmtl after the run started) matches its default.
     Only ``epochs`` may grow: a larger ``--epochs`` extends a finished or interrupted run. A relative data
     path (saved by earlier versions) is compared resolved against the working directory."""
 
@@ -162,10 +163,13 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
     found: list[tuple[str, Any, Any]] = []  # (option, saved value, new value)
+    defaults = to_jsonable(TrainConfig())
     for key in sorted(set(saved) | set(new)):
         old, now = saved.get(key), new.get(key)
         if key == "device" or old == now:
             continue
+        if key not in saved and key in defaults and now == defaults[key]:
+            continue  # an option added after the run started: the run had its default's behaviour
         if key == "epochs" and isinstance(old, int) and isinstance(now, int) and now > old:
             continue  # extending the run
         if key == "data" and old and now and Path(old).resolve() == Path(now).resolve():
@@ -286,6 +290,7 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
         batch_size=config.aux_batch_size or config.batch_size,
         negatives=config.negatives,
         init_std=config.init_std,
+        sampling=config.aux_sampling,
     )
     tasks = build_tasks(config.aux, data, options)
     init_gen = torch.Generator().manual_seed(config.seed)
