@@ -34,9 +34,11 @@ from recmtl.runs import (
     save_tensors,
     write_json,
     write_metrics,
+    write_user_weights,
 )
 from recmtl.tasks import TaskOptions, build_tasks
 from recmtl.train.config import TrainConfig, flag
+from recmtl.train.instruments import EpochInstruments
 from recmtl.train.row_adam import RowAdam
 from recmtl.train.step import RowWorkspace, StepPlan, train_step
 
@@ -102,17 +104,23 @@ DIVERGED = 1e4
 #: Row groups for logging the mean aggregation weights: item rows, then users by training activity
 #: (terciles of the per-user training interaction count: cold <= q1/3 < mid <= q2/3 < heavy).
 ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
+USER_GROUPS = {g: name for g, name in enumerate(ROW_GROUPS) if name != "items"}  # the instruments' groups
 
 
 def row_groups(data: TrainData, device: torch.device) -> torch.Tensor:
     """[n_users + n_items] group id (index into ROW_GROUPS) of every embedding row."""
-    activity = torch.bincount(data.train.a, minlength=data.n_users).to(torch.float64)
+    activity = user_activity(data).to(torch.float64)
     q1, q2 = torch.quantile(
         activity, torch.tensor([1 / 3, 2 / 3], dtype=torch.float64, device=activity.device)
     )
     users = 1 + (activity > q1).long() + (activity > q2).long()
     items = torch.zeros(data.n_items, dtype=torch.long, device=users.device)
     return torch.cat([users, items]).to(device)
+
+
+def user_activity(data: TrainData) -> torch.Tensor:
+    """[n_users] training interactions of every user."""
+    return torch.bincount(data.train.a, minlength=data.n_users)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -245,7 +253,10 @@ def fit(
         for epoch in range(first, config.epochs):
             start = time.perf_counter()
             generator.manual_seed(epoch_seed(config.seed, epoch))
-            record, agg_state = run_epoch(model, plan, data, config, epoch, generator, agg_state, callbacks)
+            instruments = EpochInstruments(data.n_users, plan.row_groups, USER_GROUPS, device)
+            record, agg_state = run_epoch(
+                model, plan, data, config, epoch, generator, agg_state, callbacks, instruments
+            )
             if "error" in record:
                 kept = (
                     f"the last good checkpoint (epoch {loop['epoch']}) is kept in {run_dir / LAST}"
@@ -270,6 +281,8 @@ def fit(
             if improved:
                 best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
                 save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
+            # (before last.safetensors: a crash in between reruns this epoch, which rewrites it)
+            write_user_weights(run_dir, instruments.user_frame(user_activity(data), epoch))
             _save_last(run_dir, model, plan, loop, agg_state)
             write_metrics(run_dir, loop["history"])  # (a resume rewrites it if this write is cut short)
             callbacks.on_epoch_end(record)
@@ -325,11 +338,15 @@ def run_epoch(
     generator: torch.Generator,
     agg_state: State,
     callbacks: Callbacks,
+    instruments: EpochInstruments | None = None,
 ) -> tuple[dict[str, Any], State]:
     """One pass over the shuffled training pairs. Returns the epoch's record (mean loss and mean logged
-    weight per task and per user-activity group; an ``error`` entry if a loss became NaN or inf or grew
-    beyond ``DIVERGED`` times its value at the epoch's first step) and the aggregator state."""
+    weight per task and per user-activity group, the ``instruments``' columns; an ``error`` entry if a loss
+    became NaN or inf or grew beyond ``DIVERGED`` times its value at the epoch's first step) and the
+    aggregator state. ``instruments`` (a fresh one when None) accumulates the epoch's instruments."""
     device = model.weight.device
+    if instruments is None:
+        instruments = EpochInstruments(data.n_users, plan.row_groups, USER_GROUPS, device)
     n_train, n_tasks = len(data.train), plan.n_tasks
     n_steps = math.ceil(n_train / config.batch_size)
     callbacks.on_epoch_start(epoch, n_steps)
@@ -349,6 +366,8 @@ def run_epoch(
         loss_sum += out.losses
         weight_sum += out.weight_sum
         weight_count += out.weight_count
+        if out.rows is not None and out.present is not None:
+            instruments.add(out.rows, out.present, out.logged)
         if step == 0:
             bound = DIVERGED * out.losses.abs().clamp(min=1.0).nan_to_num(nan=math.inf)
         bad = (~torch.isfinite(out.losses) | (out.losses.abs() > bound)) & (first_bad < 0)
@@ -382,6 +401,7 @@ def run_epoch(
         for g, group in enumerate(ROW_GROUPS):
             if group != "items":
                 record[f"weight_{name}@{group}"] = mean(weight_sum[g, t], weight_count[g, t])
+    record |= instruments.record()
     return record, agg_state
 
 
