@@ -62,6 +62,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from recmtl.aggregators import _math
 from recmtl.aggregators._math import masked_softmax, safe_div
 from recmtl.aggregators.base import (
     Aggregator,
@@ -124,6 +125,22 @@ def pmtrec_coefficients(w: Tensor, norms: Tensor, combine: str = "unit") -> Tens
     # A ratio S / n_t beyond the dtype's range (n_t < S / 3e38: only for near-underflow norms) is clamped
     # to the largest finite value instead of becoming inf.
     return safe_div(w * scale, norms).clamp(max=torch.finfo(norms.dtype).max)
+
+
+def _all_row_norms(grads: TaskGrads) -> Tensor:
+    """``grads.norms()`` [R', T], computed for every row without the dense [R, T, D] view when none is
+    cached (``norm_source=ema`` weighs every touched row, most with one task): the entries are summed per
+    present (row, task) into a compact [N, D] buffer (N entries >= present pairs), about half the memory
+    traffic of the zero-filled [R·T, D] view."""
+    if grads.mode != "row" or "dense" in grads.__dict__:
+        return grads.norms()
+    flat = grads.row_present.reshape(-1)
+    position = torch.cumsum(flat, 0) - 1  # [R·T] compact position of each present (row, task)
+    sums = grads.values.new_zeros(grads.values.shape)
+    sums.index_add_(0, position.index_select(0, grads.slot), grads.values)
+    norms = _math.norms(sums)  # [N]; rows past the present pairs are zero
+    compact = torch.where(flat, norms.index_select(0, position.clamp(min=0)), 0.0)
+    return compact.view(grads.row_present.shape)
 
 
 def update_norm_ema(ema: Tensor, norms: Tensor, present: Tensor, beta: float) -> Tensor:
@@ -201,7 +218,7 @@ class PMTRec(Aggregator):
         check_main_task(self.name, self.main_task, grads.n_tasks)
         if info.epoch < 0:
             raise ValueError(f"pmtrec: StepInfo.epoch must be >= 0, got {info.epoch}")
-        norms = grads.norms()
+        norms = grads.norms() if self.norm_source == "step" else _all_row_norms(grads)
         if self.norm_source == "ema":
             stats, known, state = self._ema(norms, grads, state, info)
         else:

@@ -176,3 +176,18 @@ def test_norm_source_defaults_and_command_line_values():
     assert PMTRec().norm_source == "step" and PMTRec().beta == 0.9
     config = TrainConfig(method={"name": "pmtrec", "norm_source": "ema", "beta": "0.5"})
     assert config.method.norm_source == "ema" and config.method.beta == 0.5
+
+
+def test_compact_row_norms_equal_the_dense_norms_with_repeated_entries():
+    from recmtl.aggregators.grads import TaskGrads
+    from recmtl.aggregators.pmtrec import _all_row_norms
+
+    gen = torch.Generator().manual_seed(4)
+    n, rows = 300, 40
+    row_of = torch.randint(rows, (n,), generator=gen)
+    task_of = torch.randint(T, (n,), generator=gen)
+    values = torch.randn(n, D, generator=gen)
+    grads = TaskGrads.from_entries(values, row_of, task_of, rows, T)
+    fresh = TaskGrads.from_entries(values, row_of, task_of, rows, T)
+    torch.testing.assert_close(_all_row_norms(grads), fresh.norms())
+    assert "dense" not in grads.__dict__  # (computed without the dense view)
