@@ -136,7 +136,7 @@ def _all_row_norms(grads: TaskGrads) -> Tensor:
         return grads.norms()
     flat = grads.row_present.reshape(-1)
     position = torch.cumsum(flat, 0) - 1  # [R·T] compact position of each present (row, task)
-    sums = grads.values.new_zeros(grads.values.shape)
+    sums = grads.values.new_zeros(max(grads.values.shape[0], 1), grads.dim)  # (>= 1 row: no entry at all)
     sums.index_add_(0, position.index_select(0, grads.slot), grads.values)
     norms = _math.norms(sums)  # [N]; rows past the present pairs are zero
     compact = torch.where(flat, norms.index_select(0, position.clamp(min=0)), 0.0)
