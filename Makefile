@@ -15,6 +15,7 @@ DEMO_RUN ?= runs/demo
 .PHONY: reproduce-smoke reproduce-synthetic reproduce-ciao reproduce-lastfm reproduce-epinions
 .PHONY: reproduce-amazon-videogames reproduce-amazon-office reproduce-pmtrec-ciao reproduce-robustness
 .PHONY: reproduce-stem
+.PHONY: reproduce-pmtrec-study
 
 # `make` alone (or `make help`) lists the targets with the `## ` comment on their line.
 .DEFAULT_GOAL := help
@@ -119,6 +120,19 @@ reproduce-stem: $(STAMP) ## STEM vs MF (single, ew, pmtrec; stem+ew, stem+pmtrec
 	$(BIN)/recmtl compare --sweep sweeps/stem-ciao.toml --baseline single --buckets aux-ratio --out results/stem-ciao
 	$(BIN)/recmtl sweep sweeps/stem-lastfm.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/stem-lastfm.toml --baseline single --buckets aux-ratio --out results/stem-lastfm
+# Where tasks meet: --aux-sampling x PMTRec's norm_source x three auxiliary-task sets, on Ciao and Last.fm
+# (prepare them with reproduce-ciao and reproduce-lastfm first). The ew baseline is the group of the main
+# comparison's options (tests/sweeps/test_shipped_sweeps.py checks that this label names one group).
+PMTREC_STUDY_EW = ew (aux=social,category, aux_sampling=independent)
+define pmtrec_study
+	$(BIN)/recmtl sweep sweeps/pmtrec-study-$(1).toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --baseline single --out results/pmtrec-study-$(1)/vs-single
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --baseline "$(PMTREC_STUDY_EW)" --out results/pmtrec-study-$(1)/vs-ew --no-plots
+endef
+
+reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm -> results/pmtrec-study-*/
+	$(call pmtrec_study,ciao)
+	$(call pmtrec_study,lastfm)
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/

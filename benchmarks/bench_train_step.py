@@ -15,9 +15,14 @@ in its own interleaved rounds with ``ew`` and with the dense reference combining
 method (global form, its own ``weigh``): targets, at batch 2048, global gradient methods <= 2x and per-row
 ones <= 2.5x the ``ew`` step. Stateful methods carry their state from step to step, as in training.
 
+``--samplings independent,aligned`` (the PMTRec study, METHODS.md §4.5) instead times, for each
+``--aux-sampling``, the ``ew`` step, the PMTRec step (``norm_source=step``) and the PMTRec step with
+``norm_source=ema``, all in the same interleaved rounds, and prints PMTRec / EW per sampling (target <= 1.2x)
+and ema / step per sampling (target <= 1.1x).
+
 Usage: python benchmarks/bench_train_step.py [--data DIR] [--batch-sizes 512,2048] [--steps N] [--rounds R]
-[--methods all|NAME,...] (without --data, Ciao is prepared from ../shared/data/ciao into a temporary
-directory).
+[--methods all|NAME,...] [--samplings independent,aligned] (without --data, Ciao is prepared from
+../shared/data/ciao into a temporary directory).
 """
 
 from __future__ import annotations
@@ -49,10 +54,19 @@ from recmtl.train.step import train_step  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recmtl_step(data: TrainData, aux: tuple[str, ...], method: str, batch: int, mode: str = "row"):
+def recmtl_step(
+    data: TrainData,
+    aux: tuple[str, ...],
+    method: str | dict,
+    batch: int,
+    mode: str = "row",
+    sampling: str = "independent",
+):
     """recmtl's own step, built exactly as `recmtl train` builds it (defaults: d 64, lr 1e-3, seed 0); the
-    method's state is carried from step to step as in training."""
-    config = TrainConfig(aux=aux, method=method, batch_size=batch, mode=mode).validate()
+    method's state is carried from step to step as in training. ``method``: a name or a [method] table."""
+    config = TrainConfig(
+        aux=aux, method=method, batch_size=batch, mode=mode, aux_sampling=sampling
+    ).validate()
     model, plan = build_training(config, data, torch.device("cpu"))
     sampler = torch.Generator().manual_seed(1)
     carried = {"state": plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0], mode), "step": 0}
@@ -146,6 +160,12 @@ def main() -> None:
         "first of --batch-sizes)",
     )
     parser.add_argument(
+        "--samplings",
+        default="",
+        help="comma-separated --aux-sampling values: time ew, pmtrec and pmtrec with norm_source=ema under "
+        "each (batch: the first of --batch-sizes) instead of the main comparison",
+    )
+    parser.add_argument(
         "--tuned-allocator",
         action="store_true",
         help="raise glibc's mmap/trim thresholds first, as `recmtl train` does (applies to all three steps)",
@@ -167,6 +187,12 @@ def main() -> None:
         data = TrainData.load(open_dataset(data_dir), torch.device("cpu"))
     aux = tuple(a for a in args.aux.split(",") if a)
     print(f"data {data_dir.name}: users {data.n_users} items {data.n_items} · aux {args.aux}")
+    if args.samplings:
+        batch = int(args.batch_sizes.split(",")[0])
+        rows = compare_samplings(data, aux, args.samplings.split(","), batch, args)
+        rows = [row | {"data": data_dir.name, "aux": args.aux} for row in rows]
+        print(f"appended to {append_results('sampling_step', rows)}")
+        return
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         med, times = measure(data, aux, batch, args.steps, args.rounds)
@@ -193,6 +219,49 @@ def main() -> None:
             for row in compare_methods(data, aux, names, batch, args)
         ]
         print(f"appended to {append_results('method_step', rows)}")
+
+
+EMA = {"name": "pmtrec", "norm_source": "ema"}
+
+
+def compare_samplings(
+    data: TrainData, aux: tuple[str, ...], samplings: list[str], batch: int, args
+) -> list[dict]:
+    """ew, pmtrec and pmtrec with norm_source=ema under each aux sampling, all in the same interleaved
+    rounds; prints a table with PMTRec / EW and ema / step per sampling and returns the CSV rows."""
+    steps = {}
+    for sampling in samplings:
+        steps[f"ew/{sampling}"] = recmtl_step(data, aux, "ew", batch, sampling=sampling)
+        steps[f"pmtrec/{sampling}"] = recmtl_step(data, aux, "pmtrec", batch, sampling=sampling)
+        steps[f"pmtrec-ema/{sampling}"] = recmtl_step(data, aux, EMA, batch, sampling=sampling)
+    med, times = measure_steps(steps, args.steps, args.rounds, slow=set())
+    print(f"\nbatch {batch}, median ms/step over {args.rounds} interleaved rounds of {args.steps} steps")
+    head = ("ew", "pmtrec", "pm-ema", "pmtrec/ew", "ema/step", "ema/ew")
+    print(f"  {'sampling':<12} " + " ".join(f"{h:>9}" for h in head))
+    rows = []
+    for sampling in samplings:
+        ew, pm, ema = (med[f"{k}/{sampling}"] for k in ("ew", "pmtrec", "pmtrec-ema"))
+        flags = ("" if pm / ew <= 1.2 else "  pmtrec/ew over 1.2x") + (
+            "" if ema / pm <= 1.1 else "  ema over 1.1x"
+        )
+        cells = [f"{v:9.2f}" for v in (ew, pm, ema)] + [f"{v:8.3f}x" for v in (pm / ew, ema / pm, ema / ew)]
+        print(f"  {sampling:<12} " + " ".join(cells) + flags)
+        rows.append(
+            {
+                "batch": batch,
+                "sampling": sampling,
+                "ew_ms": f"{ew:.3f}",
+                "pmtrec_ms": f"{pm:.3f}",
+                "pmtrec_ema_ms": f"{ema:.3f}",
+                "pmtrec_over_ew": f"{pm / ew:.4f}",
+                "ema_over_step": f"{ema / pm:.4f}",
+                "rounds": args.rounds,
+                "steps": args.steps,
+            }
+        )
+    for name, values in times.items():
+        print(f"  {name:<24} rounds: {', '.join(f'{x:.1f}' for x in values)}")
+    return rows
 
 
 FIXED = {"single", "ew"}  # one summed backward: nothing to compare against ew

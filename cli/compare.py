@@ -26,7 +26,7 @@ def comparison_table(c: Comparison) -> Table:
     """Groups x the focus metric (mean ± std over seeds, the best bold with *), then its change over the
     baseline and its Holm-adjusted p-values."""
     table = Table(title=f"{c.dataset} · {c.split} · {c.focus}, mean ± std over seeds")
-    table.add_column("group", min_width=12, overflow="fold")
+    table.add_column("group", overflow="fold")
     table.add_column("seeds", justify="right")
     table.add_column(c.focus, justify="right", no_wrap=True)
     if c.baseline:

@@ -2,7 +2,9 @@
 
 ```
 config.json        resolved TrainConfig, data path + hash, package versions, device, back end
-metrics.parquet    one row per epoch: loss_<task>, weight_<task>, valid_<metric>@K, wall_s, best
+metrics.parquet    one row per epoch: loss_<task>, weight_<task>, meet_fraction, main_weight_*@<group>,
+                   valid_<metric>@K, wall_s, best
+user_weights.parquet  per user, the last finished epoch: n_train, mean main-task weight, steps it was touched
 best.safetensors   model tensors of the best validation epoch (metadata: epoch, metric, value)
 last.safetensors   model + optimiser moments + sampler RNG of the last finished epoch; its metadata holds
                    the loop state as JSON (epoch, Adam step counts, early-stopping state, history), so one
@@ -28,6 +30,7 @@ from recmtl.errors import RecmtlError
 
 CONFIG = "config.json"
 METRICS = "metrics.parquet"
+USER_WEIGHTS = "user_weights.parquet"
 BEST = "best.safetensors"
 LAST = "last.safetensors"
 STATE_KEY = "recmtl_state"
@@ -101,6 +104,12 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.parquet atomically from the per-epoch records."""
     with atomic_file(Path(run_dir) / METRICS) as tmp:
         pl.DataFrame(history).write_parquet(tmp)
+
+
+def write_user_weights(run_dir: Path, frame: pl.DataFrame) -> None:
+    """Rewrite user_weights.parquet atomically."""
+    with atomic_file(Path(run_dir) / USER_WEIGHTS) as tmp:
+        frame.write_parquet(tmp)
 
 
 def upgrade_train_config(saved: dict[str, Any]) -> dict[str, Any]:

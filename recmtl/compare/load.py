@@ -1,4 +1,5 @@
-"""Reading run directories for a comparison: config.json, metrics.json, per_user.parquet, metrics.parquet.
+"""Reading run directories for a comparison: config.json, metrics.json, per_user.parquet, metrics.parquet and
+user_weights.parquet (optional).
 
 A run must have been evaluated (`recmtl evaluate RUN` writes metrics.json and per_user.parquet), and all
 runs of one comparison must share the data (hash) and the evaluated split: anything else is a one-line
@@ -16,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from recmtl.errors import RecmtlError
-from recmtl.runs import CONFIG, METRICS, read_run_config
+from recmtl.runs import CONFIG, METRICS, USER_WEIGHTS, read_run_config
 
 EVAL_METRICS = "metrics.json"
 PER_USER = "per_user.parquet"
@@ -34,6 +35,7 @@ class Run:
     metrics: dict[str, float]  # "ndcg@20" -> mean over evaluated users (metrics.json)
     per_user: pl.DataFrame  # user_id, n_train, n_pos, one column per metric
     history: pl.DataFrame | None  # metrics.parquet (one row per epoch), None if absent
+    user_weights: pl.DataFrame | None = None  # user_weights.parquet (user_id, n_train, main_weight, ...)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,7 @@ def load_run(path: Path) -> Run:
         raise RecmtlError(f"{path}: no {PER_USER} (run `recmtl evaluate {path}` again)")
     per_user = pl.read_parquet(path / PER_USER)
     history = pl.read_parquet(path / METRICS) if (path / METRICS).is_file() else None
+    user_weights = pl.read_parquet(path / USER_WEIGHTS) if (path / USER_WEIGHTS).is_file() else None
     config = saved.get("config")
     if not isinstance(config, dict):
         raise RecmtlError(f"{path / CONFIG}: no resolved config in it")
@@ -97,6 +100,7 @@ def load_run(path: Path) -> Run:
         metrics=metrics,
         per_user=per_user,
         history=history,
+        user_weights=user_weights,
     )
 
 

@@ -9,6 +9,9 @@ Every figure is :data:`FIGSIZE` inches at :data:`DPI` (800 x 500 pixels), writte
   grid), the test focus metric over the grid;
 - ``buckets_aux_ratio.png`` (``--buckets aux-ratio``): the focus metric minus the baseline by
   auxiliary-to-main ratio bucket (:mod:`recmtl.compare.buckets`).
+- ``main_weight_by_activity.png``: when runs have ``user_weights.parquet``, the main task's weight (each
+  user's mean over the last epoch, averaged over the group's seeds) against the user's number of training
+  interactions (log x), as the mean over log-spaced activity bins, one line per group.
 """
 
 from __future__ import annotations
@@ -150,6 +153,70 @@ def plot_activity(c: Comparison, path: Path) -> Path:
     return _save(fig, path)
 
 
+#: Log-spaced activity bins per decade in ``main_weight_by_activity.png``.
+BINS_PER_DECADE = 4
+
+
+def _user_main_weights(group: Group) -> pl.DataFrame | None:
+    """user_id, n_train, main_weight (mean over the group's seeds) for the users with a weight; None if no
+    run of the group has user_weights.parquet."""
+    frames = [
+        r.user_weights.select("user_id", "n_train", pl.col("main_weight").cast(pl.Float64))
+        for r in group.runs
+        if r.user_weights is not None
+    ]
+    if not frames:
+        return None
+    users = (
+        pl.concat(frames)
+        .drop_nans("main_weight")
+        .drop_nulls()
+        .filter(pl.col("n_train") > 0)
+        .group_by("user_id")
+        .agg(pl.col("n_train").first(), pl.col("main_weight").mean())
+    )
+    return None if users.is_empty() else users
+
+
+def binned_by_activity(users: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(x, mean main weight) over log-spaced bins of n_train (:data:`BINS_PER_DECADE` per decade); x is the
+    geometric mean of the bin's users' n_train; empty bins are left out."""
+    n = users["n_train"].to_numpy().astype(np.float64)
+    w = users["main_weight"].to_numpy()
+    bins = np.floor(np.log10(n) * BINS_PER_DECADE).astype(np.int64)
+    xs, ys = [], []
+    for b in np.unique(bins):
+        inside = bins == b
+        xs.append(float(np.exp(np.log(n[inside]).mean())))
+        ys.append(float(w[inside].mean()))
+    return np.array(xs), np.array(ys)
+
+
+def plot_main_weight_by_activity(c: Comparison, path: Path) -> Path | None:
+    """Main-task weight vs training interactions (log x), one line per group with user weights; None
+    when no run has user_weights.parquet."""
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    drawn = 0
+    for group in c.groups:
+        users = _user_main_weights(group)
+        if users is None:
+            continue
+        x, y = binned_by_activity(users)
+        ax.plot(x, y, marker="o", markersize=3, label=f"{group.label} ({users.height} users)")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel("user's training interactions (log scale)")
+    ax.set_ylabel("main-task weight (user mean, last epoch)")
+    ax.set_title(f"{c.dataset}: main-task weight by user activity (bin means, mean over seeds)")
+    ax.legend(fontsize="x-small")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_heatmap(c: Comparison, method: str, a: str, b: str, groups: list[Group], path: Path) -> Path:
     """Test ``c.focus`` (mean over seeds) over the grid of ``method``'s options ``a`` (rows) x ``b``."""
     rows = sorted({g.options[f"method.{a}"] for g in groups}, key=_order)
@@ -189,6 +256,7 @@ def write_plots(c: Comparison, out: Path) -> list[Path]:
         plot_validation(c, out / "valid_curve.png"),
         plot_weights(c, out / "task_weights.png"),
         plot_activity(c, out / "activity.png"),
+        plot_main_weight_by_activity(c, out / "main_weight_by_activity.png"),
     ]
     for method, (a, b, groups) in grid_of(c.groups).items():
         written.append(plot_heatmap(c, method, a, b, groups, out / f"heatmap_{method}.png"))

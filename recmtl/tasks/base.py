@@ -3,6 +3,18 @@
 A step asks every active task for a :class:`TaskBatch` (row ids per shared table plus whatever the loss
 needs), gathers those rows as separate leaves, and calls :meth:`Task.loss` on them. Because each task gets
 its own gathered leaves, one backward of the summed losses yields every task's gradient on its rows.
+
+Auxiliary sampling, ``TaskOptions.sampling`` [reading] (METHODS.md §4.5; ``--aux-sampling``):
+
+- ``"independent"`` (default): each auxiliary task draws its batch uniformly from its own table, whatever
+  the rec batch holds;
+- ``"aligned"``: each auxiliary batch is anchored on the rec batch's rows. ``batch_size`` anchors are
+  chosen among the B rec positions by :func:`anchor_positions` (without replacement when ``batch_size``
+  <= B, every position repeated ``batch_size // B`` times plus a sample without replacement otherwise),
+  and each anchor gives one sample of the task through :class:`OutEdges` (a uniform choice among the
+  anchor's out-edges / labels). An anchor with none falls back to the independent draw of that sample.
+
+Losses read their batch size from the batch, never from the options.
 """
 
 from __future__ import annotations
@@ -15,7 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recmtl.data.csr import CSR
 from recmtl.data.tensors import PairSet, TrainData
+
+#: ``TaskOptions.sampling`` values (``--aux-sampling``), the default first.
+SAMPLINGS = ("independent", "aligned")
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,17 @@ class TaskOptions:
     negatives: int = 1
     init_std: float = 0.1
     negative_rounds: int = 3  # rejection rounds for negatives that hit a known positive
+    sampling: str = "independent"  # [reading] independent | aligned (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(
+                f"TaskOptions.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}"
+            )
+
+    @property
+    def aligned(self) -> bool:
+        return self.sampling == "aligned"
 
 
 class Task(ABC):
@@ -91,3 +118,40 @@ def sample_negatives(
 def uniform_indices(generator: torch.Generator, n: int, size: int, device: torch.device) -> Tensor:
     """``size`` indices drawn uniformly with replacement from range(n)."""
     return torch.randint(n, (size,), generator=generator, device=device)
+
+
+def anchor_positions(generator: torch.Generator, n_anchors: int, size: int, device: torch.device) -> Tensor:
+    """``size`` positions in range(``n_anchors``) (the rec batch's rows an aligned batch anchors on): a
+    uniform sample without replacement when ``size <= n_anchors``; otherwise every position
+    ``size // n_anchors`` times followed by a sample without replacement of ``size % n_anchors`` more.
+    One ``randperm(n_anchors)`` from ``generator`` in both cases."""
+    if n_anchors < 1:
+        raise ValueError(f"anchor_positions: no anchor to choose from (n_anchors = {n_anchors})")
+    reps, rest = divmod(size, n_anchors)
+    perm = torch.randperm(n_anchors, generator=generator, device=device)
+    if reps == 0:
+        return perm[:size]
+    return torch.cat([torch.arange(n_anchors, device=device).repeat(reps), perm[:rest]])
+
+
+class OutEdges:
+    """The out-edges of a directed relation ``src -> dst`` over ``n_src`` sources, as CSR (duplicate pairs
+    counted once): :meth:`pick` draws one out-edge per anchor, uniformly among the anchor's."""
+
+    def __init__(self, src: Tensor, dst: Tensor, n_src: int) -> None:
+        csr = CSR.from_pairs(src, dst, n_src)
+        self.indptr, self.indices = csr.indptr, csr.indices
+
+    def degree(self, anchors: Tensor) -> Tensor:
+        """[B] the number of out-edges of each anchor."""
+        return self.indptr[anchors + 1] - self.indptr[anchors]
+
+    def pick(self, generator: torch.Generator, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        """For ``anchors`` [B]: (has [B] bool: the anchor has an out-edge, dst [B]: a uniform one of them;
+        an arbitrary valid id where ``has`` is False). One ``rand(B)`` from ``generator``."""
+        start = self.indptr[anchors]
+        count = self.indptr[anchors + 1] - start
+        u = torch.rand(anchors.shape, generator=generator, device=anchors.device)
+        offset = torch.minimum((u * count).long(), (count - 1).clamp(min=0))
+        position = (start + offset).clamp(max=max(self.indices.numel() - 1, 0))
+        return count > 0, self.indices[position]

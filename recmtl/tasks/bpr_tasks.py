@@ -4,6 +4,11 @@ rec: (u, i+, i-) with i- uniform over items u has not interacted with in train (
 positive), BPR on <U_u, V_i>. social: (u, v+, v-) from the social table, BPR on <U_u, U_v>. coview/cobuy:
 (i, j+, j-) from item_item edges of the task's kinds, BPR on <V_i, V_j>. Negatives are rejected against the
 task's own positive set.
+
+Sampling of the edge tasks (``TaskOptions.sampling``, see :mod:`recmtl.tasks.base`): ``independent``, uniform
+edges; ``aligned``, one out-edge (u, v+) of each anchored rec user (social) or (i, j+) of each anchored rec
+positive item (coview, cobuy), uniform among the anchor's out-edges, and a uniform edge for an anchor
+without one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from torch import Tensor
 
 from recmtl.data.tensors import Pairs, PairSet, TrainData
 from recmtl.errors import RecmtlError
-from recmtl.tasks.base import Task, TaskBatch, TaskOptions, bpr_loss, sample_negatives, uniform_indices
+from recmtl.tasks.base import (
+    OutEdges,
+    Task,
+    TaskBatch,
+    TaskOptions,
+    anchor_positions,
+    bpr_loss,
+    sample_negatives,
+    uniform_indices,
+)
 
 
 class RecTask(Task):
@@ -51,17 +65,27 @@ class _EdgeBPRTask(Task):
         self.edges = edges
         self.n_nodes = n_nodes
         self.known = PairSet(edges.a, edges.b, n_nodes)
+        self.out_edges = OutEdges(edges.a, edges.b, n_nodes) if options.aligned else None
 
     def sample(self, generator: torch.Generator, rec_users: Tensor, rec_items: Tensor) -> TaskBatch:
         o = self.options
-        pick = uniform_indices(generator, len(self.edges), o.batch_size, self.edges.a.device)
-        src, dst = self.edges.a[pick], self.edges.b[pick]
+        device = self.edges.a.device
+        if self.out_edges is not None:  # aligned: an out-edge of each anchor, a uniform edge without one
+            anchors = rec_users if self.table == "user" else rec_items
+            anchors = anchors[anchor_positions(generator, anchors.numel(), o.batch_size, device)]
+            has, dst = self.out_edges.pick(generator, anchors)
+            pick = uniform_indices(generator, len(self.edges), o.batch_size, device)
+            src = torch.where(has, anchors, self.edges.a[pick])
+            dst = torch.where(has, dst, self.edges.b[pick])
+        else:
+            pick = uniform_indices(generator, len(self.edges), o.batch_size, device)
+            src, dst = self.edges.a[pick], self.edges.b[pick]
         neg = sample_negatives(generator, src, o.negatives, self.n_nodes, self.known, o.negative_rounds)
         return TaskBatch({self.table: torch.cat([src, dst, neg.reshape(-1)])})
 
     def loss(self, rows: dict[str, Tensor], batch: TaskBatch, private: dict[str, Tensor]) -> Tensor:
         x = rows[self.table]
-        b = self.options.batch_size
+        b = x.shape[0] // (2 + self.options.negatives)  # [src, dst, negatives]: the batch's own size
         return bpr_loss(x[:b], x[b : 2 * b], x[2 * b :].reshape(b, -1, x.shape[1]))
 
 

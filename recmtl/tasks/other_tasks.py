@@ -5,6 +5,11 @@ sampled uniformly among labelled items and a multi-label item contributes one of
 align / uniform: DirectAU (Wang et al., KDD 2022) on the rec batch's (u, i+): alignment
 mean ||Ũ_u − Ṽ_i||², uniformity (log mean exp(−2||x−y||²) over users + over items) / 2, on L2-normalised rows.
 rating: (u, i, r) over training rows with a rating; MSE of s(u, i) + b_u + b_i + μ (biases task-private).
+
+Sampling (``TaskOptions.sampling``, see :mod:`recmtl.tasks.base`): with ``aligned``, category takes the
+anchored rec positive items (one of each item's labels, uniformly; a uniform labelled item for an unlabelled
+one) and rating the anchored rec pairs with their training rating (a uniform rated training row for a pair
+without one). align / uniform always use the rec batch itself, so the option does not change them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from torch import Tensor
 
 from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
-from recmtl.tasks.base import Task, TaskBatch, TaskOptions, uniform_indices
+from recmtl.tasks.base import OutEdges, Task, TaskBatch, TaskOptions, anchor_positions, uniform_indices
 
 
 class CategoryTask(Task):
@@ -34,16 +39,26 @@ class CategoryTask(Task):
         self.counts = counts
         self.offsets = torch.cumsum(counts, 0) - counts
         self.labels = labels
+        self.out_edges = None
+        if options.aligned:
+            self.out_edges = OutEdges(data.item_category.a, data.item_category.b, data.n_items)
 
     def init_private(self, dim: int, generator: torch.Generator) -> dict[str, Tensor]:
         return {"W": torch.randn(self.data.n_categories, dim, generator=generator) * self.options.init_std}
 
     def sample(self, generator: torch.Generator, rec_users: Tensor, rec_items: Tensor) -> TaskBatch:
         device = self.items.device
-        pick = uniform_indices(generator, self.items.numel(), self.options.batch_size, device)
+        size = self.options.batch_size
+        if self.out_edges is not None:  # aligned: the anchored rec items, each with one of its labels
+            anchors = rec_items[anchor_positions(generator, rec_items.numel(), size, device)]
+            has, anchor_label = self.out_edges.pick(generator, anchors)
+        pick = uniform_indices(generator, self.items.numel(), size, device)
         within = (torch.rand(pick.shape, generator=generator, device=device) * self.counts[pick]).long()
         label = self.labels[self.offsets[pick] + within.clamp_(max=self.counts[pick] - 1)]
-        return TaskBatch({"item": self.items[pick]}, {"label": label})
+        items = self.items[pick]
+        if self.out_edges is not None:  # (an unlabelled anchor keeps the uniform draw)
+            items, label = torch.where(has, anchors, items), torch.where(has, anchor_label, label)
+        return TaskBatch({"item": items}, {"label": label})
 
     def loss(self, rows: dict[str, Tensor], batch: TaskBatch, private: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(rows["item"] @ private["W"].T, batch.extra["label"])
@@ -86,6 +101,10 @@ class RatingTask(Task):
         if data.train.value is None:
             raise RecmtlError("--aux rating: the dataset's train table has no rating column")
         super().__init__(data, options)
+        if options.aligned:  # (user, item) -> training row, to read the rating of a rec pair
+            train = data.train
+            keys = train.a * data.n_items + train.b
+            self.keys, self.row_of_key = torch.sort(keys)
 
     def init_private(self, dim: int, generator: torch.Generator) -> dict[str, Tensor]:
         return {
@@ -96,9 +115,24 @@ class RatingTask(Task):
 
     def sample(self, generator: torch.Generator, rec_users: Tensor, rec_items: Tensor) -> TaskBatch:
         train = self.data.train
-        pick = uniform_indices(generator, len(train), self.options.batch_size, train.a.device)
+        size = self.options.batch_size
+        if self.options.aligned:  # the anchored rec pairs with their training rating
+            anchors = anchor_positions(generator, rec_users.numel(), size, train.a.device)
+            pick = self.rated_rows(rec_users[anchors], rec_items[anchors])
+            fallback = uniform_indices(generator, len(train), size, train.a.device)
+            pick = torch.where(pick >= 0, pick, fallback)
+        else:
+            pick = uniform_indices(generator, len(train), size, train.a.device)
         u, i = train.a[pick], train.b[pick]
         return TaskBatch({"user": u, "item": i}, {"user": u, "item": i, "rating": train.value[pick]})
+
+    def rated_rows(self, users: Tensor, items: Tensor) -> Tensor:
+        """[B] the training row of each (user, item) pair with a finite rating, -1 for a pair without one."""
+        keys = users * self.data.n_items + items
+        at = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        row = self.row_of_key[at]
+        found = (self.keys[at] == keys) & torch.isfinite(self.data.train.value[row])
+        return torch.where(found, row, -1)
 
     def loss(self, rows: dict[str, Tensor], batch: TaskBatch, private: dict[str, Tensor]) -> Tensor:
         e = batch.extra

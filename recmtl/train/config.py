@@ -19,6 +19,7 @@ from recmtl.aggregators import Aggregator, PMTRec, aggregator_class, check_optio
 from recmtl.config import coerce
 from recmtl.errors import ConfigError
 from recmtl.model import ENCODERS
+from recmtl.tasks.base import SAMPLINGS
 
 
 def build_method(value: Any, base: Aggregator, *, where: str = "config") -> Aggregator:
@@ -119,6 +120,12 @@ class TrainConfig:
     epochs: int = _opt(50, "Maximum epochs (early stopping may end sooner).")
     batch_size: int = _opt(2048, "Rec positives per step.")
     aux_batch_size: int | None = _opt(None, "Samples per auxiliary task per step (default: --batch-size).")
+    aux_sampling: str = _opt(
+        "independent",
+        "[reading] independent: auxiliary batches drawn from their own tables; aligned: anchored on the rec "
+        "batch (an out-edge of each rec user, the rec items' labels and item edges, the rec pairs' ratings; "
+        "uniform for an anchor without one). Same for every method.",
+    )
     negatives: int = _opt(1, "Negatives per positive for the BPR tasks.")
     lr: float = _opt(1e-3, "Adam learning rate.")
     seed: int = _opt(0, "Seed of init, sampling and shuffling.")
@@ -145,6 +152,7 @@ class TrainConfig:
             ("mode", self.mode, ("row", "global")),
             ("init", self.init, ("normal", "xavier")),
             ("encoder", self.encoder, ENCODERS),
+            ("aux_sampling", self.aux_sampling, SAMPLINGS),
             ("device", self.device, ("auto", "cpu", "cuda")),
         ]
         for name, value, allowed in choices:

@@ -36,9 +36,11 @@ from recmtl.runs import (
     save_tensors,
     write_json,
     write_metrics,
+    write_user_weights,
 )
 from recmtl.tasks import TaskOptions, build_tasks
 from recmtl.train.config import TrainConfig, flag
+from recmtl.train.instruments import EpochInstruments
 from recmtl.train.row_adam import RowAdam
 from recmtl.train.step import RowWorkspace, StepPlan, train_step
 
@@ -104,6 +106,7 @@ DIVERGED = 1e4
 #: Row groups for logging the mean aggregation weights: item rows, then users by training activity
 #: (terciles of the per-user training interaction count: cold <= q1/3 < mid <= q2/3 < heavy).
 ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
+USER_GROUPS = {g: name for g, name in enumerate(ROW_GROUPS) if name != "items"}  # the instruments' groups
 
 
 def row_groups(
@@ -111,7 +114,7 @@ def row_groups(
 ) -> torch.Tensor:
     """[N] group id (index into ROW_GROUPS) of every embedding row of the storage whose ``tables`` (in
     storage order; ``user...`` tables hold users, ``item...`` ones items) are given."""
-    activity = torch.bincount(data.train.a, minlength=data.n_users).to(torch.float64)
+    activity = user_activity(data).to(torch.float64)
     q1, q2 = torch.quantile(
         activity, torch.tensor([1 / 3, 2 / 3], dtype=torch.float64, device=activity.device)
     )
@@ -119,6 +122,11 @@ def row_groups(
     items = torch.zeros(data.n_items, dtype=torch.long, device=users.device)
     of = {"user": users, "item": items}
     return torch.cat([of[entity_of(name)] for name in tables]).to(device)
+
+
+def user_activity(data: TrainData) -> torch.Tensor:
+    """[n_users] training interactions of every user."""
+    return torch.bincount(data.train.a, minlength=data.n_users)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -161,6 +169,7 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
 def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) -> None:
     """Refuse to resume with an option (or a method option) other than the one the run was started with.
 
+    An option the saved config lacks (added to recmtl after the run started) matches its default.
     Only ``epochs`` may grow: a larger ``--epochs`` extends a finished or interrupted run. A relative data
     path (saved by earlier versions) is compared resolved against the working directory."""
 
@@ -168,10 +177,13 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
         return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
     found: list[tuple[str, Any, Any]] = []  # (option, saved value, new value)
+    defaults = to_jsonable(TrainConfig())
     for key in sorted(set(saved) | set(new)):
         old, now = saved.get(key), new.get(key)
         if key == "device" or old == now:
             continue
+        if key not in saved and key in defaults and now == defaults[key]:
+            continue  # an option added after the run started: the run had its default's behaviour
         if key == "epochs" and isinstance(old, int) and isinstance(now, int) and now > old:
             continue  # extending the run
         if key == "data" and old and now and Path(old).resolve() == Path(now).resolve():
@@ -247,7 +259,10 @@ def fit(
         for epoch in range(first, config.epochs):
             start = time.perf_counter()
             generator.manual_seed(epoch_seed(config.seed, epoch))
-            record, agg_state = run_epoch(model, plan, data, config, epoch, generator, agg_state, callbacks)
+            instruments = EpochInstruments(data.n_users, plan.row_groups, USER_GROUPS, device)
+            record, agg_state = run_epoch(
+                model, plan, data, config, epoch, generator, agg_state, callbacks, instruments
+            )
             if "error" in record:
                 kept = (
                     f"the last good checkpoint (epoch {loop['epoch']}) is kept in {run_dir / LAST}"
@@ -272,6 +287,8 @@ def fit(
             if improved:
                 best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
                 save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
+            # (before last.safetensors: a crash in between reruns this epoch, which rewrites it)
+            write_user_weights(run_dir, instruments.user_frame(user_activity(data), epoch))
             _save_last(run_dir, model, plan, loop, agg_state)
             write_metrics(run_dir, loop["history"])  # (a resume rewrites it if this write is cut short)
             callbacks.on_epoch_end(record)
@@ -302,6 +319,7 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
         batch_size=config.aux_batch_size or config.batch_size,
         negatives=config.negatives,
         init_std=config.init_std,
+        sampling=config.aux_sampling,
     )
     tasks = build_tasks(config.aux, data, options)
     init_gen = torch.Generator().manual_seed(config.seed)
@@ -345,11 +363,15 @@ def run_epoch(
     generator: torch.Generator,
     agg_state: State,
     callbacks: Callbacks,
+    instruments: EpochInstruments | None = None,
 ) -> tuple[dict[str, Any], State]:
     """One pass over the shuffled training pairs. Returns the epoch's record (mean loss and mean logged
-    weight per task and per user-activity group; an ``error`` entry if a loss became NaN or inf or grew
-    beyond ``DIVERGED`` times its value at the epoch's first step) and the aggregator state."""
+    weight per task and per user-activity group, the ``instruments``' columns; an ``error`` entry if a loss
+    became NaN or inf or grew beyond ``DIVERGED`` times its value at the epoch's first step) and the
+    aggregator state. ``instruments`` (a fresh one when None) accumulates the epoch's instruments."""
     device = model.weight.device
+    if instruments is None:
+        instruments = EpochInstruments(data.n_users, plan.row_groups, USER_GROUPS, device)
     n_train, n_tasks = len(data.train), plan.n_tasks
     n_steps = math.ceil(n_train / config.batch_size)
     callbacks.on_epoch_start(epoch, n_steps)
@@ -369,6 +391,8 @@ def run_epoch(
         loss_sum += out.losses
         weight_sum += out.weight_sum
         weight_count += out.weight_count
+        if out.rows is not None and out.present is not None:
+            instruments.add(out.rows, out.present, out.logged)
         if step == 0:
             bound = DIVERGED * out.losses.abs().clamp(min=1.0).nan_to_num(nan=math.inf)
         bad = (~torch.isfinite(out.losses) | (out.losses.abs() > bound)) & (first_bad < 0)
@@ -402,6 +426,7 @@ def run_epoch(
         for g, group in enumerate(ROW_GROUPS):
             if group != "items":
                 record[f"weight_{name}@{group}"] = mean(weight_sum[g, t], weight_count[g, t])
+    record |= instruments.record()
     return record, agg_state
 
 

@@ -90,6 +90,9 @@ class StepOutput:
     weight_sum: Tensor  # [G, T] per row group: sum over touched rows of each task's logged weight (NaN: none)
     weight_count: Tensor  # [G, T] per row group: number of touched rows where the task was present
     state: State
+    rows: Tensor | None = None  # [R] the touched storage rows (for the epoch's instruments)
+    present: Tensor | None = None  # [R, T] bool: the tasks present on each touched row
+    logged: Tensor | None = None  # [R or 1, T] the logged weights (None: the method logs none)
 
 
 def _private_of(model: Encoder, task: Task) -> dict[str, Tensor]:
@@ -149,7 +152,7 @@ def train_step(
         plan.row_adam.step(rows, update)
     if plan.private_optimizer is not None:
         plan.private_optimizer.step()
-    return StepOutput(losses, weight_sum, weight_count, state)
+    return StepOutput(losses, weight_sum, weight_count, state, rows, grads.row_present, logged)
 
 
 def scatter_rows(

@@ -16,6 +16,8 @@ CONFIGS: list[tuple[str, dict]] = [(name, {}) for name in AGGREGATORS] + [
     ("pmtrec", {"alpha": 1.5, "tau": 0.1}),
     ("pmtrec", {"alpha": 1.0, "tau": 10.0, "combine": "raw", "focus": "logit"}),
     ("pmtrec", {"balance": "uniform"}),
+    ("pmtrec", {"norm_source": "ema"}),
+    ("pmtrec", {"norm_source": "ema", "beta": 0.0, "combine": "raw", "focus": "logit"}),
 ]
 
 

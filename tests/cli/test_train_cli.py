@@ -289,6 +289,8 @@ def test_method_options_from_the_command_line_are_recorded_with_the_defaults(dat
         "focus": "norm",
         "balance": "softmax",
         "main_task": 0,
+        "norm_source": "step",
+        "beta": 0.9,
     }
 
 

@@ -37,10 +37,12 @@ def make_run(
     split: str = "test",
     epochs: int = 3,
     evaluated: bool = True,
+    user_weights: bool = False,
     **config: Any,
 ) -> Path:
     """Write a run directory as `recmtl train` + `recmtl evaluate` would (config.json, metrics.parquet,
-    metrics.json, per_user.parquet) with fixed synthetic values; the data path does not exist."""
+    metrics.json, per_user.parquet; with ``user_weights`` also user_weights.parquet: main weight
+    1 - 0.1·log10(n_train) - 0.01·seed) with fixed synthetic values; the data path does not exist."""
     run = root / name
     run.mkdir(parents=True)
     table = {"name": method} if isinstance(method, str) else dict(method)
@@ -73,6 +75,18 @@ def make_run(
         "valid_ndcg@10": level * (0.4 + 0.2 * epochs_col),
     }
     pl.DataFrame(history).write_parquet(run / "metrics.parquet")
+    if user_weights:
+        n_train = np.arange(n_users) * 7 % 500 + 1
+        weights = pl.DataFrame(
+            {
+                "user_id": np.arange(n_users),
+                "n_train": n_train,
+                "main_weight": 1 - 0.1 * np.log10(n_train) - 0.01 * seed,
+                "main_steps": n_train,
+                "epoch": np.full(n_users, epochs - 1),
+            }
+        )
+        weights.write_parquet(run / "user_weights.parquet")
     if not evaluated:
         return run
     values = per_user_values(n_users, level, seed * 1000 + int(level * 1e4))

@@ -39,7 +39,8 @@ def test_compare_cli_writes_tables_and_plots(tiny_runs, tmp_path):
     assert "pmtrec" in result.stdout and "baseline" in result.stdout and "wrote" in result.stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == ["activity.png", "compare.csv", "compare.md", "compare.tex", "compare_tests.csv",
-                     "task_weights.png", "valid_curve.png"]  # fmt: skip
+                     "main_weight_by_activity.png", "task_weights.png", "valid_curve.png"]  # fmt: skip
+    assert (out / "main_weight_by_activity.png").stat().st_size > 1000  # the trained runs' user weights
     md = (out / "compare.md").read_text()
     assert "| pmtrec | 2 |" in md and "Paired tests vs ew on ndcg@20" in md
 

@@ -9,6 +9,8 @@ import os
 import struct
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 from recmtl.compare import compare, load_runs
@@ -78,3 +80,37 @@ def test_write_reports_writes_every_file_and_nothing_half_written(fixed_comparis
     paths = write_reports(fixed_comparison, tmp_path / "out")
     assert sorted(p.name for p in paths) == ["compare.csv", "compare.md", "compare.tex", "compare_tests.csv"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
+
+
+def test_runs_with_user_weights_get_the_main_weight_by_activity_plot(tmp_path):
+    from recmtl.compare.plots import write_plots
+
+    for seed in (0, 1):
+        make_run(tmp_path / "runs", f"pmtrec-s{seed}", method="pmtrec", seed=seed, user_weights=True)
+        make_run(tmp_path / "runs", f"ew-s{seed}", method="ew", seed=seed)  # (no user weights: no line)
+    c = compare(load_runs([tmp_path / "runs"]))
+    written = {p.name: p for p in write_plots(c, tmp_path / "out")}
+    path = written["main_weight_by_activity.png"]
+    assert path.stat().st_size > 1000 and png_size(path) == (800, 500)
+
+
+def test_main_weight_is_binned_by_log_activity():
+    from recmtl.compare.plots import binned_by_activity
+
+    users = pl.DataFrame({"n_train": [1, 1, 10, 12, 1000], "main_weight": [0.9, 0.7, 0.5, 0.3, 0.2]})
+    x, y = binned_by_activity(users)  # bins of a quarter decade: {1, 1}, {10, 12}, {1000}
+    assert x.tolist() == pytest.approx([1.0, (10 * 12) ** 0.5, 1000.0])
+    assert y.tolist() == pytest.approx([0.8, 0.4, 0.2])
+
+
+def test_user_weights_are_averaged_over_seeds_per_user(tmp_path):
+    from recmtl.compare.plots import _user_main_weights
+
+    for seed in (0, 1):
+        make_run(
+            tmp_path / "runs", f"pmtrec-s{seed}", method="pmtrec", seed=seed, user_weights=True, n_users=5
+        )
+    (group,) = compare(load_runs([tmp_path / "runs"])).groups
+    users = _user_main_weights(group).sort("user_id")
+    n = np.arange(5) * 7 % 500 + 1
+    assert users["main_weight"].to_list() == pytest.approx((1 - 0.1 * np.log10(n) - 0.005).tolist())

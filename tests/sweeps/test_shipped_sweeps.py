@@ -48,3 +48,59 @@ def test_stem_sweeps_pair_stem_with_mf_under_the_main_comparisons_options(name):
     for cell in cells:
         if cell.config.encoder == "mf":
             assert cell.config == dataclasses.replace(main[cell.label, cell.seed], name=cell.config.name)
+STUDY_AUX = [("social", "category"), ("align", "uniform"), ("social", "category", "align", "uniform")]
+
+
+def study_groups(cells) -> dict[str, dict]:
+    """The groups `recmtl compare` forms from the cells' configs (as config.json stores them): label ->
+    flattened options."""
+    from recmtl.compare.groups import flatten, label_of, varying_options
+    from recmtl.config import to_jsonable
+
+    options: dict[str, dict] = {}
+    for cell in cells:
+        flat = flatten(to_jsonable(cell.config))
+        options.setdefault(repr(sorted(flat.items())), flat)
+    varying = varying_options(list(options.values()))
+    return {label_of(o, varying[o["method.name"]]): o for o in options.values()}
+
+
+@pytest.mark.parametrize("name", ["ciao", "lastfm"])
+def test_pmtrec_study_sweeps_cover_the_design_without_duplicate_runs(name):
+    sweep = load_sweep(SWEEPS / f"pmtrec-study-{name}.toml")
+    cells = sweep.cells()
+    assert sweep.data == Path(f"data/{name}") and {c.seed for c in cells} == {0, 1, 2}
+    assert {c.config.lr for c in cells} == {0.005}
+    design = {
+        (
+            c.config.method.name,
+            c.config.aux,
+            c.config.aux_sampling,
+            getattr(c.config.method, "norm_source", None),
+        )
+        for c in cells
+    }
+    samplings = {"social", "category"}  # the tasks --aux-sampling changes, among those listed
+    expected = {("single", ("social", "category"), "independent", None)}
+    for aux in STUDY_AUX:
+        for sampling in ("independent", "aligned") if samplings & set(aux) else ("independent",):
+            expected.add(("ew", aux, sampling, None))
+            expected |= {("pmtrec", aux, sampling, source) for source in ("step", "ema")}
+    assert design == expected
+    assert len(cells) == 3 * len(expected)  # no configuration twice
+    # every auxiliary task listed has its table in the dataset (coview and cobuy need item_item)
+    assert not {t for c in cells for t in c.config.aux} & {"coview", "cobuy", "rating"}
+
+
+def test_the_pmtrec_study_ew_baseline_of_the_makefile_names_one_group():
+    makefile = (SWEEPS.parent / "Makefile").read_text()
+    label = next(
+        line.split("=", 1)[1].strip() for line in makefile.splitlines() if line.startswith("PMTREC_STUDY_EW")
+    )
+    for name in ("ciao", "lastfm"):
+        groups = study_groups(load_sweep(SWEEPS / f"pmtrec-study-{name}.toml").cells())
+        assert groups[label]["method.name"] == "ew"
+        assert (
+            groups[label]["aux"] == ("social", "category") and groups[label]["aux_sampling"] == "independent"
+        )
+        assert sum(o["method.name"] == "single" for o in groups.values()) == 1  # --baseline single

@@ -117,7 +117,7 @@ BASE = 'data = "d"\nseeds = [0]\n'
         ("", ["no method", "[methods.LABEL]"]),
         ("[methods.nosuch]\n", ["[methods.nosuch]", "unknown method"]),
         ("[methods.ew]\nlr = 0.1\n", ["[methods.ew]", "unknown key 'lr'"]),
-        ("[methods.pmtrec]\noptions = { beta = 1 }\n", ["[methods.pmtrec]", "no option 'beta'"]),
+        ("[methods.pmtrec]\noptions = { gamma = 1 }\n", ["[methods.pmtrec]", "no option 'gamma'"]),
         ("[methods.pmtrec]\noptions = { alpha = 0.5 }\n", ["[methods.pmtrec] options", "alpha"]),
         ("[methods.pmtrec]\ngrid = { alpha = [1.1, 50.0] }\n", ["[methods.pmtrec] grid alpha=50.0", "alpha"]),
         ("[methods.pmtrec]\ngrid = { tau = [] }\n", ["[methods.pmtrec] grid: tau", "empty list"]),

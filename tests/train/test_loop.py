@@ -189,6 +189,8 @@ def test_config_json_records_options_data_hash_versions_device(tiny_data, tmp_pa
         "focus": "norm",
         "balance": "softmax",
         "main_task": 0,
+        "norm_source": "step",
+        "beta": 0.9,
     }
     assert saved["method"] == {"name": "pmtrec", "mode": "row", "variant": "paper"}
     assert saved["config"]["dim"] == 16 and saved["config"]["batch_size"] == 256
@@ -562,9 +564,9 @@ def test_a_run_written_by_recmtl_0_1_is_still_read(trained_run, tmp_path):
     report, _ = evaluate_run(old, split="valid", write=False)
     expected, _ = evaluate_run(run, split="valid", write=False)
     assert report.metrics == expected.metrics
-    # (options 0.1 did not have — main_task, balance — are absent from its table and take their defaults)
+    # (options 0.1 did not have — main_task, balance, norm_source, beta — are absent from its table: defaults)
     assert read_run_config(old)["config"]["method"] == {
-        k: v for k, v in method.items() if k not in ("main_task", "balance")
+        k: v for k, v in method.items() if k not in ("main_task", "balance", "norm_source", "beta")
     }
 
 
