@@ -48,6 +48,8 @@ def test_stem_sweeps_pair_stem_with_mf_under_the_main_comparisons_options(name):
     for cell in cells:
         if cell.config.encoder == "mf":
             assert cell.config == dataclasses.replace(main[cell.label, cell.seed], name=cell.config.name)
+
+
 STUDY_AUX = [("social", "category"), ("align", "uniform"), ("social", "category", "align", "uniform")]
 
 
