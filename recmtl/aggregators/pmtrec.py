@@ -30,6 +30,10 @@ it acts only through the softmax), so the ablation's "no GMB" and "neither" arms
 Only the norms are needed, never the Gram matrix; the coefficient math runs on [R, T] tensors in float32
 (float64 for float64 gradients). Per-row mode is the paper's; global mode (R = 1) is offered for comparison.
 The logged task weights are the softmax weights w (not the coefficients c).
+
+In row mode the whole per-row combination is also one kernel op (``fused_rows``, ``"pmtrec"``): a fused
+back end (:mod:`recmtl.kernels`) computes norms, w, c and the update in one pass over the gradients; the
+functions here are its specification.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from torch import Tensor
 from recmtl.aggregators._math import masked_softmax, safe_div
 from recmtl.aggregators.base import (
     Aggregator,
+    FusedRows,
     State,
     StepInfo,
     TaskGrads,
@@ -134,10 +139,17 @@ class PMTRec(Aggregator):
     # one present task: w = softmax over one = 1 and c = w · (w n) / n = 1 (unit) or w = 1 (raw)
     identity_on_single_task: ClassVar[bool] = True
 
-    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+    def fused_rows(self, grads: TaskGrads, info: StepInfo) -> FusedRows:
+        self._check(grads, info)
+        return FusedRows("pmtrec", self, info)
+
+    def _check(self, grads: TaskGrads, info: StepInfo) -> None:
         check_main_task(self.name, self.main_task, grads.n_tasks)
         if info.epoch < 0:
             raise ValueError(f"pmtrec: StepInfo.epoch must be >= 0, got {info.epoch}")
+
+    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+        self._check(grads, info)
         norms = grads.norms()
         if self.balance == "uniform":  # the ablation without Gradient Magnitude Balancing
             present = grads.present.to(norms.dtype)
