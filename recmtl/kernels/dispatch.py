@@ -34,6 +34,10 @@ from recmtl.kernels.slots import RowSlots
 
 BACKENDS = ("auto", "torch", "triton")
 
+#: The per-row ops a method may name (:class:`~recmtl.aggregators.FusedRows`): op -> the function of
+#: :mod:`recmtl.kernels.triton_combine` that applies it fused with Adam (its reference is in reference.py).
+FUSED_OPS = {"pmtrec": "pmtrec_adam_rows"}
+
 
 class KernelUnavailable(ConfigError):
     """The Triton back end was asked for where it cannot run (no CUDA device, or triton not installed)."""
@@ -123,13 +127,11 @@ def apply_row_update(rows: Tensor, aggregation: Aggregation, optimizer: RowOptim
         "beta2": optimizer.beta2,
         "eps": optimizer.eps,
     }
-    if fused is not None and aggregation.pending and fused.op == "pmtrec":
-        assert isinstance(fused.method, PMTRec)
-        c, w = kernels.pmtrec_adam_rows(
-            slots, fused.method, fused.info.epoch, optimizer.storage, rows, **adam
-        )
+    if fused is not None and aggregation.pending and fused.op in FUSED_OPS:
+        fused_adam = getattr(kernels, FUSED_OPS[fused.op])
+        c, w = fused_adam(slots, fused.method, fused.info.epoch, optimizer.storage, rows, **adam)
         aggregation.resolve(c, w)
-    else:
+    else:  # the method's coefficients (computed now if they were not), then the generic kernel
         coefficients = aggregation.coefficients
         assert coefficients is not None
         kernels.combine_adam_rows(slots, coefficients, optimizer.storage, rows, **adam)
