@@ -337,7 +337,7 @@ def _launch(
         slots.order if slots.order is not None else spare,
         slots.task_of,
         slots.row_ptr,
-        slots.present,
+        slots.present.view(torch.uint8),  # (bytes: bool pointers differ across back ends)
         coef,
         stride_c,
         weights if weights is not None else coef,

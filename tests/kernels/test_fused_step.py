@@ -62,23 +62,24 @@ def test_apply_row_update_triton_matches_torch(name, mode):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = prepare_tiny(tmp_path_factory.mktemp("fused") / "tiny")
-    return path, TrainData.load(open_dataset(path), torch.device("cpu"))
+    return path, TrainData.load(open_dataset(path), DEVICE)
 
 
 @pytest.mark.parametrize("method", ["pmtrec", "ew", "pcgrad"])
 def test_training_steps_on_both_back_ends_agree(tiny, method):
-    """Three steps of the real step (rec + social, batch 128): the tables stay within float32 rounding."""
+    """Three steps of the real step (rec + social, batch 128) on DEVICE: the tables stay within float32
+    rounding."""
     path, data = tiny
     config = quick_config(path, method=method, aux=("social",), batch_size=128)
     runs = []
     for backend in ("torch", "triton"):
-        model, plan = build_training(config, data, torch.device("cpu"))
+        model, plan = build_training(config, data, DEVICE)
         plan.backend = backend
         state = plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0], config.mode)
-        generator = torch.Generator().manual_seed(3)
+        generator = torch.Generator(device=DEVICE).manual_seed(3)
         losses = []
         for step in range(3):
-            idx = torch.arange(step * 128, (step + 1) * 128)
+            idx = torch.arange(step * 128, (step + 1) * 128, device=DEVICE)
             out = train_step(model, plan, data.train.a[idx], data.train.b[idx], generator, 1, step, state)
             state = out.state
             losses.append(out.losses)

@@ -92,8 +92,10 @@ def test_single_task_rows_pass_through_exactly():
 
 def test_rows_with_no_task_get_nothing():
     g = torch.randn(5, 3, 8, device=DEVICE)
-    present = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)
-    grads = TaskGrads.from_dense(g, present.to(DEVICE))
+    present = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.bool).to(
+        DEVICE
+    )
+    grads = TaskGrads.from_dense(g, present)
     update, c, w = K.pmtrec_rows(RowSlots.from_grads(grads), PMTRec(), 1)
     assert (c[~present.any(1)] == 0).all() and (update[~present.any(1)] == 0).all()
     check_pmtrec(grads, PMTRec(), 1)
@@ -119,14 +121,16 @@ def test_grouped_slots_need_no_order():
 
 
 def test_no_rows():
-    grads = TaskGrads.from_dense(torch.zeros(0, 3, 10, device=DEVICE), torch.zeros(0, 3, dtype=torch.bool))
+    empty = torch.zeros(0, 3, dtype=torch.bool, device=DEVICE)
+    grads = TaskGrads.from_dense(torch.zeros(0, 3, 10, device=DEVICE), empty)
     slots = RowSlots.from_grads(grads)
     update, c, w = K.pmtrec_rows(slots, PMTRec(), 1)
     assert update.shape == (0, 10) and c.shape == w.shape == (0, 3)
     assert K.combine_rows(slots, torch.zeros(0, 3, device=DEVICE)).shape == (0, 10)
     storage = torch.randn(4, 3, 10, device=DEVICE)
     before = storage.clone()
-    K.combine_adam_rows(slots, torch.zeros(0, 3), storage, torch.zeros(0, dtype=torch.long), **ADAM, step=1)
+    nothing = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    K.combine_adam_rows(slots, torch.zeros(0, 3, device=DEVICE), storage, nothing, **ADAM, step=1)
     assert torch.equal(storage, before)
 
 
