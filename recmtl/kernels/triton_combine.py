@@ -61,25 +61,28 @@ def _task_sums(
     dim,
     HAS_ORDER: tl.constexpr,
     T_PAD: tl.constexpr,
+    E_STEP: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """[BLOCK_R, T_PAD, BLOCK_D] float32: per row and task, the sum of its entries on columns d0.. (row i's
-    entries are start[i] .. start[i] + count[i] - 1 of the layout; n_iter = the largest count)."""
+    entries are start[i] .. start[i] + count[i] - 1 of the layout; n_iter = the largest count). Entries are
+    taken E_STEP at a time, unrolled, so that their loads are in flight together."""
     tasks = tl.arange(0, T_PAD)
     cols = d0 + tl.arange(0, BLOCK_D)
     inside = cols < dim
     acc = tl.zeros([BLOCK_R, T_PAD, BLOCK_D], dtype=tl.float32)
-    for k in range(0, n_iter):
-        ok = k < count
-        if HAS_ORDER:
-            entry = tl.load(order + start + k, mask=ok, other=0)
-        else:
-            entry = start + k
-        task = tl.load(task_of + entry, mask=ok, other=-1)
-        where = entry.to(tl.int64)[:, None] * stride_v + cols[None, :]
-        g = tl.load(values + where, mask=ok[:, None] & inside[None, :], other=0.0).to(tl.float32)
-        acc += tl.where((tasks[None, :] == task[:, None])[:, :, None], g[:, None, :], 0.0)
+    for k0 in range(0, n_iter, E_STEP):
+        for e in tl.static_range(E_STEP):
+            ok = k0 + e < count
+            if HAS_ORDER:
+                entry = tl.load(order + start + k0 + e, mask=ok, other=0)
+            else:
+                entry = start + k0 + e
+            task = tl.load(task_of + entry, mask=ok, other=-1)
+            where = entry.to(tl.int64)[:, None] * stride_v + cols[None, :]
+            g = tl.load(values + where, mask=ok[:, None] & inside[None, :], other=0.0).to(tl.float32)
+            acc += tl.where((tasks[None, :] == task[:, None])[:, :, None], g[:, None, :], 0.0)
     return acc
 
 
@@ -211,6 +214,7 @@ def _rows_kernel(
     UNIFORM: tl.constexpr,
     ADAM: tl.constexpr,
     T_PAD: tl.constexpr,
+    E_STEP: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
@@ -227,13 +231,13 @@ def _rows_kernel(
         mask = tl.load(present + at, mask=cell, other=0) != 0
         if ONE_CHUNK:  # the whole row in registers: one read
             acc = _task_sums(values, stride_v, order, task_of, start, count, n_iter, 0, dim, HAS_ORDER, T_PAD,
-                             BLOCK_R, BLOCK_D)  # fmt: skip
+                             E_STEP, BLOCK_R, BLOCK_D)  # fmt: skip
             sq = tl.sum(acc * acc, axis=2)
         else:  # a first pass for the norms
             sq = tl.zeros([BLOCK_R, T_PAD], dtype=tl.float32)
             for d0 in range(0, dim, BLOCK_D):
                 part = _task_sums(values, stride_v, order, task_of, start, count, n_iter, d0, dim, HAS_ORDER,
-                                  T_PAD, BLOCK_R, BLOCK_D)  # fmt: skip
+                                  T_PAD, E_STEP, BLOCK_R, BLOCK_D)  # fmt: skip
                 sq += tl.sum(part * part, axis=2)
         c, w = _pmtrec_weights(sq, mask, main_task, shrink, tau, boost, FOCUS_LOGIT, UNIT, UNIFORM, T_PAD)
         tl.store(coef + at, c, mask=cell)
@@ -246,7 +250,7 @@ def _rows_kernel(
     else:
         for d0 in range(0, dim, BLOCK_D):
             part = _task_sums(values, stride_v, order, task_of, start, count, n_iter, d0, dim, HAS_ORDER,
-                              T_PAD, BLOCK_R, BLOCK_D)  # fmt: skip
+                              T_PAD, E_STEP, BLOCK_R, BLOCK_D)  # fmt: skip
             _emit(part, c, rr, valid, d0, dim, out, stride_o, storage, stride_s0, stride_s1, rows, beta1,
                   one_minus_beta1, beta2, one_minus_beta2, bias2, eps, step_size, ADAM, BLOCK_D)  # fmt: skip
 
@@ -258,16 +262,27 @@ def _interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
-def _blocks(dim: int, block_d: int | None, block_r: int | None) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_D): a row chunk of at most MAX_BLOCK_D columns, and enough rows per program that a
-    program reads ~512 values per entry step (16 bytes per thread of 4 warps in float32). Under the
-    interpreter, 32 rows per program: it runs programs one by one, so fewer, larger blocks are faster."""
+def _blocks(
+    dim: int,
+    block_d: int | None = None,
+    block_r: int | None = None,
+    num_warps: int | None = None,
+    *,
+    interpreting: bool | None = None,
+) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_D, num_warps). A row chunk of at most MAX_BLOCK_D columns and 128 columns per warp:
+    each thread loads 4 consecutive float32 (16 bytes) per entry, and at d = 64 a warp holds two rows.
+    Compiled for sm_90 this keeps the kernel within 48-130 registers, with no spills, for T <= 8 and d in
+    64..256 (tests/kernels/test_compile.py); the figures on a GPU are pending (docs/performance.md), and
+    ``block_r`` / ``block_d`` / ``num_warps`` override the choice. Under the interpreter, 32 rows per
+    program: it runs programs one by one, so fewer, larger blocks are faster."""
     for name, value in (("block_d", block_d), ("block_r", block_r)):
         if value is not None and (value < 1 or value & (value - 1)):
             raise ValueError(f"{name} must be a power of two, got {value}")
     bd = block_d or min(triton.next_power_of_2(max(dim, 1)), MAX_BLOCK_D)
-    br = block_r or (32 if _interpreting() else max(1, 512 // bd))
-    return br, bd
+    interpreting = _interpreting() if interpreting is None else interpreting
+    br = block_r or (32 if interpreting else max(1, 128 // bd))
+    return br, bd, num_warps or max(1, min(4, br * bd // 128))
 
 
 def _check(slots: RowSlots) -> None:
@@ -302,13 +317,13 @@ def _launch(
     adam: dict[str, float] | None = None,
     block_d: int | None = None,
     block_r: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
 ) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """Run the kernel over every row of ``slots``; returns (update or None, coefficients, weights or None)."""
     _check(slots)
     n_rows, n_tasks, dim = slots.n_rows, slots.n_tasks, slots.dim
     device = slots.values.device
-    br, bd = _blocks(dim, block_d, block_r)
+    br, bd, warps = _blocks(dim, block_d, block_r, num_warps)
     f32 = torch.float32
     weights = None
     if method is not None:
@@ -359,10 +374,11 @@ def _launch(
         UNIFORM=method is not None and method.balance == "uniform",
         ADAM=adam is not None,
         T_PAD=triton.next_power_of_2(n_tasks),
+        E_STEP=min(triton.next_power_of_2(n_tasks), 4),
         BLOCK_R=br,
         BLOCK_D=bd,
         ONE_CHUNK=dim <= bd,
-        num_warps=num_warps,
+        num_warps=warps,
     )
     return out, coef, weights
 

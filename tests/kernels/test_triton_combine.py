@@ -42,9 +42,10 @@ def check_pmtrec(grads: TaskGrads, method: PMTRec, epoch: int, **tuning: int) ->
     close(update.float(), ref_update.float(), **scaled(tolerance, ref_update.float()))
 
 
-@pytest.mark.parametrize("n_tasks", [2, 5, 8])
-@pytest.mark.parametrize("focus", ["norm", "logit"])
-@pytest.mark.parametrize("combine", ["unit", "raw"])
+@pytest.mark.parametrize(
+    "n_tasks, focus, combine",
+    [(2, "norm", "unit"), (5, "logit", "raw"), (8, "norm", "raw"), (3, "logit", "unit")],
+)
 def test_pmtrec_rows_match_the_reference(n_tasks, focus, combine):
     grads = entries(24, n_tasks, 37, seed=n_tasks, device=DEVICE)
     check_pmtrec(grads, PMTRec(alpha=1.3, tau=0.7, focus=focus, combine=combine), epoch=3)
