@@ -22,12 +22,15 @@ Without a CUDA device with triton, only the reference and copy rows are measured
 interpreter is for tests, not timing). ``--quick``: R in {1e4, 1e5}, fewer rounds (a CPU run of a minute).
 
 Usage: python benchmarks/bench_combine.py [--device cuda|cpu] [--quick] [--rows 1e4,1e5,1e6] [--tasks 2,4]
-[--dims 64,128] [--dtype float32|bfloat16] [--rounds N]
+[--dims 64,128] [--dtype float32|bfloat16] [--rounds N] [--threads N] [--block-r 1,2,4 --num-warps 1,2]
+(the last two: a grid of the kernels' block shapes, each timed as its own op)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import statistics
 import sys
 import time
@@ -104,9 +107,17 @@ def copy_fn(n_bytes: int, device: torch.device) -> Callable[[], object]:
 
 
 def bench_case(
-    n_rows: int, n_tasks: int, dim: int, dtype: torch.dtype, device: torch.device, backend: str, rounds: int
+    n_rows: int,
+    n_tasks: int,
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    backend: str,
+    rounds: int,
+    tunings: list[dict[str, int]],
 ) -> tuple[dict[str, float], int, int]:
-    """Median seconds of every op on one case, and its (combination, with-Adam) byte counts."""
+    """Median seconds of every op on one case, and its (combination, with-Adam) byte counts. Each tuning
+    (block_r, num_warps; {} = the launcher's choice) times the fused ops once more."""
     slots, adam, rows = make_case(n_rows, n_tasks, dim, dtype, device)
     info = StepInfo(epoch=EPOCH)
     combine_bytes, adam_bytes = byte_counts(n_rows, n_tasks, dim, slots.values.element_size())
@@ -124,10 +135,12 @@ def bench_case(
     if backend == "triton":
         from recmtl.kernels import triton_combine as kernels
 
-        fns["fused"] = lambda: kernels.pmtrec_rows(slots, METHOD, EPOCH)
-        fns["fused+adam"] = lambda: kernels.pmtrec_adam_rows(
-            slots, METHOD, EPOCH, adam.storage, rows, step=adam.steps + 1, **ADAM
-        )
+        for tuning in tunings:
+            label = "".join(f" {k[0]}{v}" for k, v in tuning.items())  # e.g. " b2 n1": block_r 2, num_warps 1
+            fns["fused" + label] = functools.partial(kernels.pmtrec_rows, slots, METHOD, EPOCH, **tuning)
+            fns["fused+adam" + label] = functools.partial(
+                kernels.pmtrec_adam_rows, slots, METHOD, EPOCH, adam.storage, rows, step=1, **ADAM, **tuning
+            )
     return interleaved(fns, device, rounds), combine_bytes, adam_bytes
 
 
@@ -140,8 +153,23 @@ def main() -> None:
     parser.add_argument("--dims", default="64,128")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20, quick 5)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine: no OpenMP stalls)"
+    )
+    parser.add_argument("--block-r", default=None, help="rows per program to try, e.g. 1,2,4 (default: auto)")
+    parser.add_argument(
+        "--num-warps", default=None, help="warps per program to try, e.g. 1,2 (default: auto)"
+    )
     args = parser.parse_args()
+    grid = {
+        key: [int(v) for v in value.split(",")]
+        for key, value in (("block_r", args.block_r), ("num_warps", args.num_warps))
+        if value
+    }
+    tunings = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = print_machine()
     device = torch.device(args.device)
     backend = resolve_backend("auto", device)
@@ -155,7 +183,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     rounds = args.rounds or (5 if args.quick else 20)
 
-    header = f"{'R':>9} {'T':>2} {'d':>4}  {'op':<15} {'ms':>9} {'GB/s':>8} {'/copy':>6} {'ref/op':>7}"
+    header = f"{'R':>9} {'T':>2} {'d':>4}  {'op':<22} {'ms':>9} {'GB/s':>8} {'/copy':>6} {'ref/op':>7}"
     print(header)
     print("-" * len(header))
     results = []
@@ -163,13 +191,11 @@ def main() -> None:
         for n_tasks in tasks_list:
             for dim in dims:
                 times, combine_bytes, adam_bytes = bench_case(
-                    n_rows, n_tasks, dim, dtype, device, backend, rounds
+                    n_rows, n_tasks, dim, dtype, device, backend, rounds, tunings
                 )
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                for op in ("fused", "fused+adam", "reference", "reference+adam", "copy", "copy (adam)"):
-                    if op not in times:
-                        continue
+                for op in times:
                     with_adam = "adam" in op
                     n_bytes = adam_bytes if with_adam else combine_bytes
                     seconds = times[op]
@@ -178,7 +204,7 @@ def main() -> None:
                     ref = times["reference+adam" if with_adam else "reference"]
                     speedup = ref / seconds if op.startswith("fused") else float("nan")
                     print(
-                        f"{n_rows:>9} {n_tasks:>2} {dim:>4}  {op:<15} {seconds * 1e3:>9.3f} {gbs:>8.2f} "
+                        f"{n_rows:>9} {n_tasks:>2} {dim:>4}  {op:<22} {seconds * 1e3:>9.3f} {gbs:>8.2f} "
                         f"{gbs / copy_gbs:>6.3f} {speedup:>7.1f}"
                     )
                     results.append(

@@ -7,7 +7,8 @@
 #      train / resume / evaluate on CUDA with --fused-update on and off, CPU against GPU) and the ranking's
 #      CUDA test;
 #   2. benchmarks/bench_combine.py at full sizes (R 1e4..1e6, T 2 and 4, d 64 and 128; float32, then
-#      bfloat16 at d 64): fused, fused+adam, reference, copy; the targets line;
+#      bfloat16 at d 64): fused, fused+adam, reference, copy; the targets line; then a grid of the kernel's
+#      block shapes at R = 1e6, T = 4, d = 64;
 #   3. one Ciao epoch (--aux social,category, PMTRec) on --device cuda with the fused update, on cuda
 #      without it, and on cpu: seconds per epoch from the log lines;
 #   4. recmtl evaluate of the CUDA run on the GPU.
@@ -31,12 +32,15 @@ print('auto backend on cuda:', resolve_backend('auto', 'cuda'))"
 git log --oneline -1 2>/dev/null || true
 
 part "1. CUDA tests (kernel tests compiled on the GPU, CUDA-only tests)"
-run timeout 240 "$PY" -m pytest -q -x -p no:cacheprovider tests/kernels \
+run timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/kernels \
     tests/eval/test_ranking.py::test_cuda_matches_cpu --durations=5
 
 part "2. bench_combine.py, full sizes"
 run timeout 200 "$PY" benchmarks/bench_combine.py --rounds 20
 run timeout 60 "$PY" benchmarks/bench_combine.py --dtype bfloat16 --dims 64 --rounds 10
+echo "--- block shapes at R=1e6, T=4, d=64 (b: rows per program, n: warps; the default is b2 n1)"
+run timeout 90 "$PY" benchmarks/bench_combine.py --rows 1e6 --tasks 4 --dims 64 --block-r 1,2,4 \
+    --num-warps 1,2,4 --rounds 10
 
 part "3. one Ciao epoch: cuda fused, cuda unfused, cpu"
 DATA=${CIAO_DATA:-data/ciao}

@@ -272,7 +272,7 @@ def _blocks(
 ) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_D, num_warps). A row chunk of at most MAX_BLOCK_D columns and 128 columns per warp:
     each thread loads 4 consecutive float32 (16 bytes) per entry, and at d = 64 a warp holds two rows.
-    Compiled for sm_90 this keeps the kernel within 48-130 registers, with no spills, for T <= 8 and d in
+    Compiled for sm_90 this keeps the kernel within 46-120 registers, with no spills, for T <= 8 and d in
     64..256 (tests/kernels/test_compile.py); the figures on a GPU are pending (docs/performance.md), and
     ``block_r`` / ``block_d`` / ``num_warps`` override the choice. Under the interpreter, 32 rows per
     program: it runs programs one by one, so fewer, larger blocks are faster."""
