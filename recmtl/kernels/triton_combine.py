@@ -1,8 +1,9 @@
-"""Triton kernels of the row update: one program per touched row, one pass over its gradients.
+"""Triton kernels of the row update: one pass over each touched row's gradients.
 
-A program owns row r of a :class:`~recmtl.kernels.slots.RowSlots`: it reads the row's entries (gathered
-(row, task) gradients, duplicates included) once, summing them per task in float32 registers
-(``[T_PAD, BLOCK_D]``, T ≤ 8 tasks), and then, by compile-time switches of the one kernel:
+A program owns ``BLOCK_R`` rows of a :class:`~recmtl.kernels.slots.RowSlots` (1 or 2 on a GPU, see
+``_blocks``). It reads each row's entries (gathered (row, task) gradients, duplicates included) once, a
+few at a time so that their loads are in flight together, summing them per task in float32 registers
+(``[BLOCK_R, T_PAD, BLOCK_D]``, T ≤ 8 tasks), and then, by compile-time switches of the one kernel:
 
 - **coefficients**: loads the method's coefficients ``c[r, :]`` (any method linear in the gradients, computed
   on the small [R, T] statistics: the generic path), or computes PMTRec's (:mod:`recmtl.aggregators.pmtrec`)

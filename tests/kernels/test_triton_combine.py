@@ -67,10 +67,12 @@ def test_pmtrec_options_match_the_reference(method, epoch):
     check_pmtrec(entries(16, 3, 20, seed=epoch, device=DEVICE), method, epoch)
 
 
-@pytest.mark.parametrize("focus", ["norm", "logit"])
-def test_pmtrec_rows_in_several_chunks_of_d(focus):
-    """D = 70 read in chunks of 16: the norms from a first pass, then the combination chunk by chunk."""
-    check_pmtrec(entries(12, 4, 70, seed=7, device=DEVICE), PMTRec(focus=focus), epoch=2, block_d=16)
+@pytest.mark.parametrize("focus, block_r", [("norm", None), ("logit", 4)])
+def test_pmtrec_rows_in_several_chunks_of_d(focus, block_r):
+    """D = 70 read in chunks of 16: the norms from a first pass, then the combination chunk by chunk (and
+    4 rows per program: several programs, not the interpreter's default of 32 rows)."""
+    grads = entries(12, 4, 70, seed=7, device=DEVICE)
+    check_pmtrec(grads, PMTRec(focus=focus), epoch=2, block_d=16, block_r=block_r)
 
 
 def test_pmtrec_one_task_is_the_identity():
