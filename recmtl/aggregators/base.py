@@ -120,7 +120,8 @@ class Aggregation:
       method not linear in the gradients gives it);
     - ``coefficients`` [R', T] when the method is linear in the gradients (else None), ``logged_weights``
       [R', T] the per-task weights to log (None, logged as NaN, if it has none);
-    - ``state``: the new state; ``grads``: the gradients aggregated;
+    - ``state``: the new state; ``grads``: the gradients aggregated (what a fused row update reads; None
+      for an aggregation made of its update only, ``Aggregation(update, None, None, state)``);
     - ``fused``: the method's per-row combination as one kernel op (:class:`FusedRows`) when it names one;
       its coefficients are then made by ``weigh`` (the thunk given) only if asked for before a fused row
       update supplied them (:meth:`resolve`).
@@ -128,16 +129,16 @@ class Aggregation:
 
     def __init__(
         self,
-        grads: TaskGrads,
-        state: State,
-        *,
+        update: Tensor | Callable[[], Tensor] | None = None,
         coefficients: Tensor | None = None,
         logged_weights: Tensor | None = None,
-        update: Tensor | Callable[[], Tensor] | None = None,
+        state: State | None = None,
+        *,
+        grads: TaskGrads | None = None,
         fused: FusedRows | None = None,
         weigh: Callable[[], tuple[Tensor, Tensor | None]] | None = None,
     ) -> None:
-        self.grads, self.state, self.fused = grads, state, fused
+        self.grads, self.state, self.fused = grads, ({} if state is None else state), fused
         self._coefficients, self._logged = coefficients, logged_weights
         self._update, self._weigh = update, weigh
 
@@ -173,11 +174,11 @@ class Aggregation:
     @property
     def update(self) -> Tensor:
         if not isinstance(self._update, Tensor):
-            make = self._update
-            if make is None and self.coefficients is None:
-                raise ValueError("an Aggregation without coefficients must be given its update")
+            make, coefficients = self._update, self.coefficients
+            if make is None and (coefficients is None or self.grads is None):
+                raise ValueError("an Aggregation without coefficients and gradients must be given its update")
             with torch.no_grad():
-                self._update = make() if make is not None else self.grads.combine(self.coefficients)
+                self._update = make() if make is not None else self.grads.combine(coefficients)
         return self._update
 
 
@@ -323,10 +324,11 @@ class Aggregator(ABC):
         """The update of every touched row (lazy); see the module docstring."""
         fused = self.fused_rows(grads, info) if grads.mode == "row" else None
         if fused is not None:
-            return Aggregation(grads, state, fused=fused, weigh=lambda: self._weights(grads, state, info)[:2])
+            weigh = lambda: self._weights(grads, state, info)[:2]  # noqa: E731
+            return Aggregation(state=state, grads=grads, fused=fused, weigh=weigh)
         with torch.no_grad():
             coefficients, logged, new_state = self._weights(grads, state, info)
-        return Aggregation(grads, new_state, coefficients=coefficients, logged_weights=logged)
+        return Aggregation(None, coefficients, logged, new_state, grads=grads)
 
     def _weights(self, grads: TaskGrads, state: State, info: StepInfo) -> tuple[Tensor, Tensor, State]:
         """The coefficients, logged weights and new state of every row (the single-task shortcut included)."""

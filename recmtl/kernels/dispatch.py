@@ -113,12 +113,12 @@ def apply_row_update(rows: Tensor, aggregation: Aggregation, optimizer: RowOptim
     """One optimiser step on the storage ``rows`` [R] (unique) with the aggregation's update, on the
     resolved ``backend`` ("torch" | "triton"). With Triton, a fused method's coefficients and logged
     weights are filled in from the kernel (:meth:`Aggregation.resolve`)."""
-    fused = aggregation.fused
-    if backend == "torch" or (fused is None and aggregation.coefficients is None):
-        optimizer.step(rows, aggregation.update)
+    fused, grads = aggregation.fused, aggregation.grads
+    if backend == "torch" or grads is None or (fused is None and aggregation.coefficients is None):
+        optimizer.step(rows, aggregation.update)  # (an update without coefficients: a plain Adam step)
         return
     kernels = _triton()
-    slots = RowSlots.from_grads(aggregation.grads)
+    slots = RowSlots.from_grads(grads)
     optimizer.steps += 1
     adam = {
         "step": optimizer.steps,

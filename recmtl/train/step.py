@@ -137,7 +137,7 @@ def train_step(
         if plan.fixed_weights is not None:
             logged = plan.fixed_weights.to(device).unsqueeze(0)
             ones = grads.present.float()  # every coefficient 1: the update is the plain sum
-            out = Aggregation(grads, state, coefficients=ones, logged_weights=logged, update=grads.summed)
+            out = Aggregation(grads.summed, ones, logged, state, grads=grads)
         else:
             info = StepInfo(
                 epoch=epoch,

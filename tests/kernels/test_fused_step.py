@@ -14,7 +14,7 @@ import dataclasses
 import pytest
 import torch
 
-from recmtl.aggregators import StepInfo, make_aggregator
+from recmtl.aggregators import Aggregation, StepInfo, make_aggregator
 from recmtl.data.store import open_dataset
 from recmtl.data.tensors import TrainData
 from recmtl.kernels import apply_row_update
@@ -88,3 +88,13 @@ def test_training_steps_on_both_back_ends_agree(tiny, method):
     close(b, a, rtol=1e-5, atol=1e-6)
     close(lb, la, rtol=1e-5, atol=1e-6)
     close(wb, wa, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_an_update_without_coefficients_takes_the_plain_adam_step():
+    """A method that gives only its update (not linear in the gradients): RowAdam's step, either back end."""
+    grads = entries(8, 2, 12, seed=5, device=DEVICE)
+    fused, plain = optimizers(20, 12)
+    rows = torch.arange(8, device=DEVICE)
+    apply_row_update(rows, Aggregation(grads.summed(), None, None, {}), fused, "triton")
+    plain.step(rows, grads.summed())
+    assert torch.equal(fused.storage, plain.storage) and fused.steps == 1
