@@ -82,8 +82,10 @@ def test_fused_update_on_and_off_train_alike_on_cuda(data, tmp_path, method):
     off = json.loads((runs["off"] / "config.json").read_text())
     assert on["kernel_backend"] == "triton" and off["kernel_backend"] == "torch"
     a, b = _valid(runs["on"]), _valid(runs["off"])
-    for column in ("loss_rec", "loss_social", "valid_ndcg@20"):
-        close(a[column].to_numpy(), b[column].to_numpy(), rtol=1e-2, atol=1e-3)
+    for column in ("loss_rec", "loss_social"):
+        close(a[column].to_numpy(), b[column].to_numpy(), rtol=1e-3, atol=1e-5)
+    # (a ranking metric moves in steps of one user's hit: a rounding difference may flip one)
+    close(a["valid_ndcg@20"].to_numpy(), b["valid_ndcg@20"].to_numpy(), rtol=0, atol=0.01)
 
 
 def test_train_resume_evaluate_on_cuda_and_evaluate_on_cpu(data, tmp_path):
