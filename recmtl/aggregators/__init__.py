@@ -17,6 +17,7 @@ from recmtl.aggregators.alignedmtl import AlignedMTL
 from recmtl.aggregators.base import (
     Aggregation,
     Aggregator,
+    FusedRows,
     OptionInfo,
     State,
     StepInfo,
@@ -107,6 +108,7 @@ def make_aggregator(name: str, **params: Any) -> Aggregator:
 __all__ = [
     "AGGREGATORS",
     "Aggregation",
+    "FusedRows",
     "Aggregator",
     "OptionInfo",
     "State",

@@ -19,7 +19,14 @@ method:
 - :meth:`Aggregator.aggregate` runs under ``torch.no_grad()``; for a method that declares
   ``identity_on_single_task`` it calls :meth:`~Aggregator.weigh` only on the rows where several tasks
   meet (on real data a small minority) and gives every other row coefficient 1 for its one task;
-- the combination ``update = Σ_t c_t G_t`` (:meth:`TaskGrads.combine`, one scaled scatter).
+- the combination ``update = Σ_t c_t G_t`` (:meth:`TaskGrads.combine`, one scaled scatter), made only when
+  first asked for: the :class:`Aggregation` is lazy, so the row update (:mod:`recmtl.kernels`) may instead
+  combine the gradients straight into the optimiser in one fused pass.
+
+A method whose whole per-row combination is a fixed function of each row's own gradients (PMTRec) may also
+name it as one kernel op (:meth:`Aggregator.fused_rows`, a :class:`FusedRows`): a fused back end then
+computes norms, coefficients and update in one pass over the gradients, and ``weigh`` runs only if the
+coefficients are asked for first (the plain PyTorch path, which is the specification).
 
 Absent tasks (``present`` False) are excluded from every norm, softmax and divisor and get coefficient 0.
 State is a mapping of tensors (:data:`State`): ``init_state`` makes it, ``weigh`` returns the new one, and
@@ -33,7 +40,7 @@ import math
 import numbers
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -95,14 +102,84 @@ class Weights:
     task_weights: Tensor | None = None  # [R', T] the weights to log, when not the coefficients themselves
 
 
-@dataclass
-class Aggregation:
-    """The result of one aggregation."""
+@dataclass(frozen=True)
+class FusedRows:
+    """A method's whole per-row combination as one kernel op of :mod:`recmtl.kernels` (see
+    :meth:`Aggregator.fused_rows`): ``op`` names it, ``method`` holds its parameters, ``info`` the step."""
 
-    update: Tensor  # [R, D] combined gradient per row, in the gradients' dtype
-    coefficients: Tensor | None  # [R', T] when the method is linear in the gradients, else None
-    logged_weights: Tensor | None  # [R', T] per-task weights to log; None (logged as NaN) if it has none
-    state: State
+    op: str  # e.g. "pmtrec"
+    method: Aggregator
+    info: StepInfo
+
+
+class Aggregation:
+    """The result of one aggregation; lazy: what is not given is computed when first asked for.
+
+    - ``update`` [R, D]: the combined gradient of every row, in the gradients' dtype (made from the
+      coefficients by :meth:`TaskGrads.combine` unless given, as a tensor or a function that makes it: a
+      method not linear in the gradients gives it);
+    - ``coefficients`` [R', T] when the method is linear in the gradients (else None), ``logged_weights``
+      [R', T] the per-task weights to log (None, logged as NaN, if it has none);
+    - ``state``: the new state; ``grads``: the gradients aggregated (what a fused row update reads; None
+      for an aggregation made of its update only, ``Aggregation(update, None, None, state)``);
+    - ``fused``: the method's per-row combination as one kernel op (:class:`FusedRows`) when it names one;
+      its coefficients are then made by ``weigh`` (the thunk given) only if asked for before a fused row
+      update supplied them (:meth:`resolve`).
+    """
+
+    def __init__(
+        self,
+        update: Tensor | Callable[[], Tensor] | None = None,
+        coefficients: Tensor | None = None,
+        logged_weights: Tensor | None = None,
+        state: State | None = None,
+        *,
+        grads: TaskGrads | None = None,
+        fused: FusedRows | None = None,
+        weigh: Callable[[], tuple[Tensor, Tensor | None]] | None = None,
+    ) -> None:
+        self.grads, self.state, self.fused = grads, ({} if state is None else state), fused
+        self._coefficients, self._logged = coefficients, logged_weights
+        self._update, self._weigh = update, weigh
+
+    @property
+    def pending(self) -> bool:
+        """True while the coefficients are still to be computed (by ``weigh`` or a fused kernel)."""
+        return self._weigh is not None
+
+    def resolve(
+        self, coefficients: Tensor, logged_weights: Tensor | None, update: Tensor | None = None
+    ) -> None:
+        """Take the coefficients (and logged weights, and the update if made) a fused kernel computed."""
+        self._coefficients, self._logged, self._weigh = coefficients, logged_weights, None
+        if update is not None:
+            self._update = update
+
+    def _compute(self) -> None:
+        if self._weigh is not None:
+            with torch.no_grad():
+                coefficients, logged = self._weigh()
+            self.resolve(coefficients, logged)
+
+    @property
+    def coefficients(self) -> Tensor | None:
+        self._compute()
+        return self._coefficients
+
+    @property
+    def logged_weights(self) -> Tensor | None:
+        self._compute()
+        return self._logged
+
+    @property
+    def update(self) -> Tensor:
+        if not isinstance(self._update, Tensor):
+            make, coefficients = self._update, self.coefficients
+            if make is None and (coefficients is None or self.grads is None):
+                raise ValueError("an Aggregation without coefficients and gradients must be given its update")
+            with torch.no_grad():
+                self._update = make() if make is not None else self.grads.combine(coefficients)
+        return self._update
 
 
 def option(
@@ -236,21 +313,36 @@ class Aggregator(ABC):
     def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
         """Pure and batched: the coefficients [R', T] (0 for absent tasks) and the new state."""
 
+    def fused_rows(self, grads: TaskGrads, info: StepInfo) -> FusedRows | None:
+        """The method's whole per-row combination as one kernel op of :mod:`recmtl.kernels`, or None (the
+        default). Only for a stateless method (``weigh`` returns the state unchanged) in row mode whose
+        coefficients depend on nothing but each row's own gradients and the step info; the kernel and
+        ``aggregate``'s plain path must agree (tests/kernels). Checks the inputs as ``weigh`` would."""
+        return None
+
     def aggregate(self, grads: TaskGrads, state: State, info: StepInfo) -> Aggregation:
-        """The update of every touched row; see the module docstring."""
+        """The update of every touched row (lazy); see the module docstring."""
+        fused = self.fused_rows(grads, info) if grads.mode == "row" else None
+        if fused is not None:
+            weigh = lambda: self._weights(grads, state, info)[:2]  # noqa: E731
+            return Aggregation(state=state, grads=grads, fused=fused, weigh=weigh)
         with torch.no_grad():
-            if self.identity_on_single_task and grads.mode == "row":
-                meet = (grads.present.sum(1) > 1).nonzero().squeeze(1)  # rows where tasks meet [M]
-                out = self.weigh(grads.select(meet), state, info.select(meet))
-                _check_weights(self.name, out, (meet.numel(), grads.n_tasks))
-                ones = grads.present.to(out.coefficients.dtype)
-                coefficients = ones.index_copy(0, meet, out.coefficients)
-                logged = ones.index_copy(0, meet, _logged(out).to(ones.dtype))
-            else:
-                out = self.weigh(grads, state, info)
-                _check_weights(self.name, out, tuple(grads.present.shape))
-                coefficients, logged = out.coefficients, _logged(out)
-            return Aggregation(grads.combine(coefficients), coefficients, logged, out.state)
+            coefficients, logged, new_state = self._weights(grads, state, info)
+        return Aggregation(None, coefficients, logged, new_state, grads=grads)
+
+    def _weights(self, grads: TaskGrads, state: State, info: StepInfo) -> tuple[Tensor, Tensor, State]:
+        """The coefficients, logged weights and new state of every row (the single-task shortcut included)."""
+        if self.identity_on_single_task and grads.mode == "row":
+            meet = (grads.present.sum(1) > 1).nonzero().squeeze(1)  # rows where tasks meet [M]
+            out = self.weigh(grads.select(meet), state, info.select(meet))
+            _check_weights(self.name, out, (meet.numel(), grads.n_tasks))
+            ones = grads.present.to(out.coefficients.dtype)
+            coefficients = ones.index_copy(0, meet, out.coefficients)
+            logged = ones.index_copy(0, meet, _logged(out).to(ones.dtype))
+            return coefficients, logged, out.state
+        out = self.weigh(grads, state, info)
+        _check_weights(self.name, out, tuple(grads.present.shape))
+        return out.coefficients, _logged(out), out.state
 
     def __call__(self, grads: Tensor, present: Tensor, state: State, info: StepInfo) -> Aggregation:
         """Aggregate a dense ``grads`` [R, T, D] with mask ``present`` [R, T] (bool), rows as given (for
@@ -294,6 +386,7 @@ __all__ = [
     "MODES",
     "Aggregation",
     "Aggregator",
+    "FusedRows",
     "OptionInfo",
     "State",
     "StepInfo",

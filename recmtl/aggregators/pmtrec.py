@@ -51,6 +51,10 @@ Only the norms are needed, never the Gram matrix; the coefficient math runs on [
 (float64 for float64 gradients). Per-row mode is the paper's; global mode (R = 1) is offered for comparison.
 The logged task weights are the softmax weights w (not the coefficients c); with ``ema`` a known but
 absent task's w is not logged (the trainer averages a task's weight over the rows where it is present).
+
+In row mode the whole per-row combination is also one kernel op (``fused_rows``, ``"pmtrec"``): a fused
+back end (:mod:`recmtl.kernels`) computes norms, w, c and the update in one pass over the gradients; the
+functions here are its specification.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from recmtl.aggregators import _math
 from recmtl.aggregators._math import masked_softmax, safe_div
 from recmtl.aggregators.base import (
     Aggregator,
+    FusedRows,
     State,
     StepInfo,
     TaskGrads,
@@ -214,10 +219,19 @@ class PMTRec(Aggregator):
         rows = 1 if mode == "global" else n_rows
         return {"norm_ema": torch.full((rows, n_tasks), float("nan"), dtype=EMA_DTYPE)}
 
-    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+    def fused_rows(self, grads: TaskGrads, info: StepInfo) -> FusedRows | None:
+        """The kernel op ``"pmtrec"`` for ``norm_source=step``; None for ``ema`` (its state, the norm EMA,
+        is not in the kernel: the generic weighted-sum kernel then applies the coefficients)."""
+        self._check(grads, info)
+        return FusedRows("pmtrec", self, info) if self.norm_source == "step" else None
+
+    def _check(self, grads: TaskGrads, info: StepInfo) -> None:
         check_main_task(self.name, self.main_task, grads.n_tasks)
         if info.epoch < 0:
             raise ValueError(f"pmtrec: StepInfo.epoch must be >= 0, got {info.epoch}")
+
+    def weigh(self, grads: TaskGrads, state: State, info: StepInfo) -> Weights:
+        self._check(grads, info)
         norms = grads.norms() if self.norm_source == "step" else _all_row_norms(grads)
         if self.norm_source == "ema":
             stats, known, state = self._ema(norms, grads, state, info)

@@ -16,8 +16,9 @@ from typing import Any
 
 from recmtl.compare.load import Run
 
-#: Config keys that do not define a group: the seed (what a group averages over), names and places.
-IGNORED = ("seed", "name", "data", "device", "eval_users_chunk")
+#: Config keys that do not define a group: the seed (what a group averages over), names and places, and how
+#: the same numbers are computed (the row update's back end).
+IGNORED = ("seed", "name", "data", "device", "eval_users_chunk", "fused_update")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,11 @@ class TrainConfig:
     lr: float = _opt(1e-3, "Adam learning rate.")
     seed: int = _opt(0, "Seed of init, sampling and shuffling.")
     device: str = _opt("auto", "auto (cuda if available), cpu or cuda.")
+    fused_update: str = _opt(
+        "auto",
+        "Fused row update: the tasks' gradients combined straight into Adam's rows in one Triton kernel "
+        "pass. auto (on with CUDA and triton installed), on or off.",
+    )
     # validation and early stopping
     eval_every: int = _opt(1, "Validate every N epochs.")
     patience: int = _opt(10, "Stop after N validations without improvement.")
@@ -154,6 +159,7 @@ class TrainConfig:
             ("encoder", self.encoder, ENCODERS),
             ("aux_sampling", self.aux_sampling, SAMPLINGS),
             ("device", self.device, ("auto", "cpu", "cuda")),
+            ("fused_update", self.fused_update, ("auto", "on", "off")),
         ]
         for name, value, allowed in choices:
             if value not in allowed:

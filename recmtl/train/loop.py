@@ -22,8 +22,9 @@ from recmtl.aggregators import State
 from recmtl.config import to_jsonable
 from recmtl.data.store import PreparedDataset, open_dataset
 from recmtl.data.tensors import TrainData, split_targets
-from recmtl.errors import RecmtlError, TrainingInterrupted
+from recmtl.errors import ConfigError, RecmtlError, TrainingInterrupted
 from recmtl.eval.ranking import rank_users
+from recmtl.kernels import KernelUnavailable, resolve_backend
 from recmtl.model import StemLayout, create_encoder
 from recmtl.model.base import Encoder, entity_of
 from recmtl.runs import (
@@ -138,7 +139,7 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "recmtl": recmtl.__version__, "torch": torch.__version__}
-    for name in ("numpy", "polars", "pyarrow", "safetensors", "scipy"):
+    for name in ("numpy", "polars", "pyarrow", "safetensors", "scipy", "triton"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -146,8 +147,21 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def kernel_backend(config: TrainConfig, device: torch.device) -> str:
+    """The row update's back end for ``--fused-update`` on ``device``: "triton" or "torch" (ConfigError for
+    ``on`` where the Triton kernels cannot run)."""
+    request = {"auto": "auto", "on": "triton", "off": "torch"}[config.fused_update]
+    try:
+        return resolve_backend(request, device)
+    except KernelUnavailable as exc:
+        raise ConfigError(
+            f"{flag('fused_update')} on: {exc} (use {flag('fused_update')} auto or off)"
+        ) from None
+
+
 def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.device) -> dict[str, Any]:
-    """What config.json records: every resolved option, the data identity, versions and device.
+    """What config.json records: every resolved option, the data identity, versions, device and the row
+    update's back end (``kernel_backend``).
 
     The data path is stored absolute (``config.data`` and ``data.path``), so the run can be evaluated or
     resumed from any working directory."""
@@ -162,7 +176,7 @@ def run_metadata(config: TrainConfig, dataset: PreparedDataset, device: torch.de
         "data": data | {"hash": dataset.data_hash},
         "versions": package_versions(),
         "device": str(device),
-        "backend": "torch",
+        "kernel_backend": kernel_backend(config, device),
     }
 
 
@@ -180,7 +194,7 @@ def _compare_configs(saved: dict[str, Any], new: dict[str, Any], run_dir: Path) 
     defaults = to_jsonable(TrainConfig())
     for key in sorted(set(saved) | set(new)):
         old, now = saved.get(key), new.get(key)
-        if key == "device" or old == now:
+        if key in ("device", "fused_update") or old == now:  # how to compute, not what
             continue
         if key not in saved and key in defaults and now == defaults[key]:
             continue  # an option added after the run started: the run had its default's behaviour
@@ -350,6 +364,7 @@ def build_training(config: TrainConfig, data: TrainData, device: torch.device) -
         row_groups=row_groups(data, device, list(model.table_rows)),
         n_groups=len(ROW_GROUPS),
         tables=model.table_rows,
+        backend=kernel_backend(config, device),
     )
     return model, plan
 

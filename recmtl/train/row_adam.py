@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
+
+from recmtl.kernels.reference import row_adam_
 
 
 @dataclass
@@ -51,15 +52,17 @@ class RowAdam:
     def exp_avg_sq(self) -> Tensor:
         return self.storage[:, 2]
 
-    @torch.no_grad()
     def step(self, rows: Tensor, grad: Tensor) -> None:
-        """Apply one Adam step to the unique ``rows`` [R] with gradient ``grad`` [R, D]."""
+        """Apply one Adam step to the unique ``rows`` [R] with gradient ``grad`` [R, D] (the math:
+        :func:`recmtl.kernels.reference.row_adam_`; the fused kernels apply the same step)."""
         self.steps += 1
-        t = self.steps
-        block = self.storage.index_select(0, rows)  # [R, 3, D]
-        value, m, v = block.unbind(1)
-        m.mul_(self.beta1).add_(grad, alpha=1 - self.beta1)
-        v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        denom = (v / (1 - self.beta2**t)).sqrt_().add_(self.eps)
-        value.addcdiv_(m, denom, value=-self.lr / (1 - self.beta1**t))
-        self.storage.index_copy_(0, rows, block)
+        row_adam_(
+            self.storage,
+            rows,
+            grad,
+            step=self.steps,
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+        )

@@ -11,7 +11,9 @@
 4. the aggregator turns them into the update [R, D] — per row, or globally with all rows flattened — or,
    for a fixed-weight method (``ew``, ``single``), the losses were already weighted and the update is the
    plain sum (tasks of weight 0 are never sampled): the cost of an ordinary summed backward;
-5. row-sparse Adam on the shared rows, dense Adam on the task-private parameters.
+5. row-sparse Adam on the shared rows (:func:`recmtl.kernels.apply_row_update`: the update materialised
+   then RowAdam's step, or, on the Triton back end, one fused pass from the gradients into the optimiser
+   rows), dense Adam on the task-private parameters.
 
 How the aggregation is computed (which rows, which statistics, compact or dense) is the aggregator's
 business (:meth:`recmtl.aggregators.Aggregator.aggregate`); the step never branches on a method.
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from recmtl.aggregators import Aggregator, State, StepInfo, TaskGrads
+from recmtl.aggregators import Aggregation, Aggregator, State, StepInfo, TaskGrads
+from recmtl.kernels import apply_row_update
 from recmtl.model.base import Encoder
 from recmtl.tasks.base import Task
 from recmtl.train.row_adam import RowAdam
@@ -67,6 +70,7 @@ class StepPlan:
     row_groups: Tensor  # [N] group id of every storage row (e.g. user-activity buckets) for weight logging
     n_groups: int = 1
     tables: Mapping[str, range] = field(default_factory=dict)  # storage rows of each table
+    backend: str = "torch"  # row update: "torch" or "triton" (recmtl.kernels.resolve_backend)
 
     @property
     def n_tasks(self) -> int:
@@ -134,7 +138,9 @@ def train_step(
     with torch.no_grad():
         rows, grads = scatter_rows(gathered, plan.n_tasks, plan.workspace, plan.mode)
         if plan.fixed_weights is not None:
-            update, logged = grads.summed(), plan.fixed_weights.to(device).unsqueeze(0)
+            logged = plan.fixed_weights.to(device).unsqueeze(0)
+            ones = grads.present.float()  # every coefficient 1: the update is the plain sum
+            out = Aggregation(grads.summed, ones, logged, state, grads=grads)
         else:
             info = StepInfo(
                 epoch=epoch,
@@ -147,12 +153,12 @@ def train_step(
                 generator=generator,
             )
             out = plan.aggregator.aggregate(grads, state, info)
-            update, logged, state = out.update, out.logged_weights, out.state
-        weight_sum, weight_count = group_weights(plan, rows, grads.row_present, logged)
-        plan.row_adam.step(rows, update)
+        apply_row_update(rows, out, plan.row_adam, plan.backend)  # (a fused kernel fills in the weights)
+        state = out.state
+        weight_sum, weight_count = group_weights(plan, rows, grads.row_present, out.logged_weights)
     if plan.private_optimizer is not None:
         plan.private_optimizer.step()
-    return StepOutput(losses, weight_sum, weight_count, state, rows, grads.row_present, logged)
+    return StepOutput(losses, weight_sum, weight_count, state, rows, grads.row_present, out.logged_weights)
 
 
 def scatter_rows(
