@@ -21,8 +21,9 @@ ones <= 2.5x the ``ew`` step. Stateful methods carry their state from step to st
 and ema / step per sampling (target <= 1.1x).
 
 Usage: python benchmarks/bench_train_step.py [--data DIR] [--batch-sizes 512,2048] [--steps N] [--rounds R]
-[--methods all|NAME,...] [--samplings independent,aligned] (without --data, Ciao is prepared from
-../shared/data/ciao into a temporary directory).
+[--methods all|NAME,...] [--samplings independent,aligned] [--device cpu|cuda] (without --data, Ciao is
+prepared from ../shared/data/ciao into a temporary directory; with --device cuda every step runs on the GPU,
+recmtl's with the kernel back end that --fused-update auto picks, and timings wait for the GPU).
 """
 
 from __future__ import annotations
@@ -67,12 +68,13 @@ def recmtl_step(
     config = TrainConfig(
         aux=aux, method=method, batch_size=batch, mode=mode, aux_sampling=sampling
     ).validate()
-    model, plan = build_training(config, data, torch.device("cpu"))
-    sampler = torch.Generator().manual_seed(1)
+    device = data.train.a.device
+    model, plan = build_training(config, data, device)
+    sampler = torch.Generator(device=device).manual_seed(1)
     carried = {"state": plan.aggregator.init_state(plan.n_tasks, model.weight.shape[0], mode), "step": 0}
 
     def step() -> None:
-        idx = torch.randint(len(data.train), (batch,), generator=sampler)
+        idx = torch.randint(len(data.train), (batch,), generator=sampler, device=sampler.device)
         out = train_step(
             model, plan, data.train.a[idx], data.train.b[idx], sampler, 3, carried["step"], carried["state"]
         )
@@ -85,15 +87,18 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int, meth
     """Per-task backward into the full tables, flatten, PMTRec weights on the flat gradients (or, with
     ``method``, that method's global-mode ``weigh`` on the dense [1, T, P] Jacobian), dense Adam."""
     tasks = build_tasks(aux, data, TaskOptions(batch_size=batch))
+    device = data.train.a.device
     init = MFModel.create(data.n_users, data.n_items, 64, "normal", 0.1, 0)
-    users = torch.nn.Parameter(init.user_embeddings().clone())
-    items = torch.nn.Parameter(init.item_embeddings().clone())
+    users = torch.nn.Parameter(init.user_embeddings().clone().to(device))
+    items = torch.nn.Parameter(init.item_embeddings().clone().to(device))
     gen = torch.Generator().manual_seed(0)
-    private = {t.name: {k: torch.nn.Parameter(v) for k, v in t.init_private(64, gen).items()} for t in tasks}
+    private = {
+        t.name: {k: torch.nn.Parameter(v.to(device)) for k, v in t.init_private(64, gen).items()} for t in tasks
+    }
     shared = [users, items]
     params = shared + [p for d in private.values() for p in d.values()]
     opt = torch.optim.Adam(params, lr=1e-3)
-    sampler = torch.Generator().manual_seed(1)
+    sampler = torch.Generator(device=device).manual_seed(1)
     tables = {"user": users, "item": items}
     aggregator = None if method is None else make_aggregator(method)
     carried = {
@@ -102,7 +107,7 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int, meth
     }
 
     def step() -> None:
-        idx = torch.randint(len(data.train), (batch,), generator=sampler)
+        idx = torch.randint(len(data.train), (batch,), generator=sampler, device=device)
         rec_u, rec_i = data.train.a[idx], data.train.b[idx]
         losses = []
         for task in tasks:
@@ -123,7 +128,7 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int, meth
                 ):
                     p.grad = g
         jac_t = torch.stack(jac)  # [T, P]
-        present = torch.ones(1, len(tasks), dtype=torch.bool)
+        present = torch.ones(1, len(tasks), dtype=torch.bool, device=device)
         if aggregator is None:
             # PMTRec's weights on the flattened gradients (its pure formulas, defaults, epoch 3), then the
             # weighted sum of the T dense vectors, as a general multi-task library would compute them
@@ -166,6 +171,12 @@ def main() -> None:
         "each (batch: the first of --batch-sizes) instead of the main comparison",
     )
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda: every step (recmtl's with the kernel back end --fused-update auto picks, and the "
+        "dense reference) runs there",
+    )
+    parser.add_argument(
         "--tuned-allocator",
         action="store_true",
         help="raise glibc's mmap/trim thresholds first, as `recmtl train` does (applies to all three steps)",
@@ -184,9 +195,9 @@ def main() -> None:
             recipe = load_recipe(ROOT / "datasets" / "ciao.toml")
             data_dir = Path(tmp) / "ciao"
             prepare(recipe.config({"raw": ROOT.parent / "shared" / "data" / "ciao"}), data_dir)
-        data = TrainData.load(open_dataset(data_dir), torch.device("cpu"))
+        data = TrainData.load(open_dataset(data_dir), torch.device(args.device))
     aux = tuple(a for a in args.aux.split(",") if a)
-    print(f"data {data_dir.name}: users {data.n_users} items {data.n_items} · aux {args.aux}")
+    print(f"data {data_dir.name}: users {data.n_users} items {data.n_items} · aux {args.aux} · {args.device}")
     if args.samplings:
         batch = int(args.batch_sizes.split(",")[0])
         rows = compare_samplings(data, aux, args.samplings.split(","), batch, args)
@@ -322,6 +333,12 @@ def measure(data: TrainData, aux: tuple[str, ...], batch: int, n_steps: int, rou
     return measure_steps(steps, n_steps, rounds, slow={"dense_reference"})
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timing covers it (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def measure_steps(steps: dict, n_steps: int, rounds: int, slow: set[str]):
     """Median ms/step of each of ``steps`` (name -> callable) over ``rounds`` interleaved rounds in rotating
     order; the ``slow`` ones run a tenth of the steps."""
@@ -335,9 +352,11 @@ def measure_steps(steps: dict, n_steps: int, rounds: int, slow: set[str]):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = steps[name]
             n = max(1, n_steps // 10) if name in slow else n_steps
+            sync()
             start = time.perf_counter()
             for _ in range(n):
                 fn()
+            sync()
             times[name].append((time.perf_counter() - start) * 1000 / n)
     return {k: statistics.median(v) for k, v in times.items()}, times
 

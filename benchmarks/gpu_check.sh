@@ -11,6 +11,8 @@
 #      block shapes at R = 1e6, T = 4, d = 64;
 #   3. one Ciao epoch (--aux social,category, PMTRec) on --device cuda with the fused update, on cuda
 #      without it, and on cpu: seconds per epoch from the log lines;
+#      then the training step on cuda (benchmarks/bench_train_step.py --device cuda: PMTRec, EW and the
+#      dense per-task-backward reference; target: PMTRec >= 15x faster than the reference);
 #   4. recmtl evaluate of the CUDA run on the GPU.
 #
 # Usage: bash benchmarks/gpu_check.sh   (PYTHON=... to pick the interpreter; CIAO_DATA=prepared dir, or
@@ -64,6 +66,9 @@ for spec in "cuda on" "cuda off" "cpu auto"; do
     "$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); print('kernel_backend:', c['kernel_backend'])" \
         "$OUT/runs/$1-$2/config.json" 2>/dev/null || true
 done
+
+part "3b. the Ciao training step on the GPU: PMTRec (fused) and EW against the dense per-task reference"
+run timeout 150 "$PY" benchmarks/bench_train_step.py --data "$DATA" --device cuda --steps 20 --rounds 5
 
 part "4. evaluate the CUDA run on the GPU"
 run timeout 60 "$PY" -m cli.main evaluate "$OUT/runs/cuda-on" --device cuda
