@@ -93,7 +93,8 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int, meth
     items = torch.nn.Parameter(init.item_embeddings().clone().to(device))
     gen = torch.Generator().manual_seed(0)
     private = {
-        t.name: {k: torch.nn.Parameter(v.to(device)) for k, v in t.init_private(64, gen).items()} for t in tasks
+        t.name: {k: torch.nn.Parameter(v.to(device)) for k, v in t.init_private(64, gen).items()}
+        for t in tasks
     }
     shared = [users, items]
     params = shared + [p for d in private.values() for p in d.values()]
