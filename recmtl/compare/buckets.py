@@ -90,7 +90,8 @@ def _ratios(frame: pl.DataFrame, friends: np.ndarray) -> np.ndarray:
 
 def aux_ratio_table(c: Comparison, friends: np.ndarray) -> tuple[pl.DataFrame, tuple[float, float]]:
     """The per-bucket change of ``c.focus`` over ``c.baseline`` for every other group (SCHEMA rows, groups
-    in ``c`` order, buckets in AUX_RATIO_BUCKETS order) and the tercile thresholds used.
+    in ``c`` order, buckets in AUX_RATIO_BUCKETS order; a bucket with no evaluated user, e.g. ``none`` on a
+    dataset where every user has a friend, is left out) and the tercile thresholds used.
 
     ``friends`` [U]: social out-degree of every user of the dataset."""
     if c.baseline is None:
@@ -105,7 +106,7 @@ def aux_ratio_table(c: Comparison, friends: np.ndarray) -> tuple[pl.DataFrame, t
         if group is baseline:
             continue
         rows += _group_rows(group, base_by_seed, metric, friends, thresholds, ranges)
-    return pl.DataFrame(rows, schema=SCHEMA), thresholds
+    return pl.DataFrame(rows, schema=SCHEMA).filter(pl.col("n_users") > 0), thresholds
 
 
 def _group_rows(

@@ -135,3 +135,11 @@ def test_cli_bucket_errors_are_one_line(runs):
     assert_one_line_error(bogus, "--buckets friends: expected aux-ratio")
     no_data = runner.invoke(app, ["compare", str(runs), "--baseline", "single", "--buckets", "aux-ratio"])
     assert_one_line_error(no_data, "cannot read the social table")
+
+
+def test_a_bucket_without_users_is_left_out(runs):
+    """Every user with a friend (as on Last.fm): no `none` bucket in the table, the others all there."""
+    everyone = np.arange(N_USERS) % 7 + 1
+    table, _ = aux_ratio_table(compare(load_runs([runs]), baseline="single"), everyone)
+    assert table["bucket"].unique(maintain_order=True).to_list() == ["low", "mid", "high"]
+    assert (table["n_users"] > 0).all()
