@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+from tests.threads import one_torch_thread  # noqa: F401  (autouse)
 
 #: Training flags that make a run take a fraction of a second per epoch on the tiny dataset; QUICK adds
 #: --quiet (one log line per epoch instead of progress bars).
@@ -28,12 +27,3 @@ def assert_one_line_error(result, *fragments, code: int = 1, empty_stdout: bool 
     assert "Traceback" not in result.output + result.stderr
     if empty_stdout:
         assert result.stdout == "", repr(result.stdout)  # not even a blank line before the error
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

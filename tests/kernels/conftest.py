@@ -12,8 +12,9 @@ import importlib
 import os
 import sys
 
-import pytest
 import torch
+
+from tests.threads import one_torch_thread  # noqa: F401  (autouse)
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
@@ -23,12 +24,3 @@ if not CUDA:
 
 #: Where the kernel tests run their kernels.
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -6,8 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.threads import one_torch_thread  # noqa: F401  (autouse)
 from tests.train.conftest import prepare_tiny
 
 #: [options] of a sweep that trains in a fraction of a second per cell on the tiny dataset.
@@ -32,11 +32,3 @@ def write_sweep(path: Path, text: str) -> Path:
 @pytest.fixture(scope="session")
 def sweep_data(tmp_path_factory) -> Path:
     return prepare_tiny(tmp_path_factory.mktemp("sweep-data") / "tiny")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
