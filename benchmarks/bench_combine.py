@@ -44,6 +44,7 @@ from _machine import append_results, print_machine  # noqa: E402
 
 from recmtl.aggregators import PMTRec, StepInfo, TaskGrads  # noqa: E402
 from recmtl.kernels import resolve_backend  # noqa: E402
+from recmtl.kernels.reference import AdamStep  # noqa: E402
 from recmtl.kernels.slots import RowSlots  # noqa: E402
 from recmtl.train.row_adam import RowAdam  # noqa: E402
 
@@ -139,7 +140,14 @@ def bench_case(
             label = "".join(f" {k[0]}{v}" for k, v in tuning.items())  # e.g. " b2 n1": block_r 2, num_warps 1
             fns["fused" + label] = functools.partial(kernels.pmtrec_rows, slots, METHOD, EPOCH, **tuning)
             fns["fused+adam" + label] = functools.partial(
-                kernels.pmtrec_adam_rows, slots, METHOD, EPOCH, adam.storage, rows, step=1, **ADAM, **tuning
+                kernels.pmtrec_adam_rows,
+                slots,
+                METHOD,
+                EPOCH,
+                adam.storage,
+                rows,
+                AdamStep(1, **ADAM),
+                **tuning,
             )
     return interleaved(fns, device, rounds), combine_bytes, adam_bytes
 

@@ -47,11 +47,8 @@ class RowOptimizer(Protocol):
     """What the row update needs of the optimiser (:class:`recmtl.train.row_adam.RowAdam`)."""
 
     storage: Tensor  # [N, 3, D] float32: value, exp_avg, exp_avg_sq
-    steps: int
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
+
+    def next_step(self) -> reference.AdamStep: ...
 
     def step(self, rows: Tensor, grad: Tensor) -> None: ...
 
@@ -119,19 +116,12 @@ def apply_row_update(rows: Tensor, aggregation: Aggregation, optimizer: RowOptim
         return
     kernels = _triton()
     slots = RowSlots.from_grads(grads)
-    optimizer.steps += 1
-    adam = {
-        "step": optimizer.steps,
-        "lr": optimizer.lr,
-        "beta1": optimizer.beta1,
-        "beta2": optimizer.beta2,
-        "eps": optimizer.eps,
-    }
+    adam = optimizer.next_step()
     if fused is not None and aggregation.pending and fused.op in FUSED_OPS:
         fused_adam = getattr(kernels, FUSED_OPS[fused.op])
-        c, w = fused_adam(slots, fused.method, fused.info.epoch, optimizer.storage, rows, **adam)
+        c, w = fused_adam(slots, fused.method, fused.info.epoch, optimizer.storage, rows, adam)
         aggregation.resolve(c, w)
     else:  # the method's coefficients (computed now if they were not), then the generic kernel
         coefficients = aggregation.coefficients
         assert coefficients is not None
-        kernels.combine_adam_rows(slots, coefficients, optimizer.storage, rows, **adam)
+        kernels.combine_adam_rows(slots, coefficients, optimizer.storage, rows, adam)

@@ -23,6 +23,8 @@ order (per-task sums then the weighted sum, instead of one scaled scatter) and f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -54,25 +56,28 @@ def pmtrec_rows(grads: TaskGrads, method: PMTRec, epoch: int) -> tuple[Tensor, T
     return out.update.to(grads.values.dtype), out.coefficients, out.logged_weights
 
 
+@dataclass(frozen=True)
+class AdamStep:
+    """The scalars of one Adam step (made by :meth:`recmtl.train.row_adam.RowAdam.next_step`): ``step`` is
+    the 1-based step count of the bias correction, ``lr`` the learning rate; eps is added after the bias
+    correction, as ``torch.optim.Adam`` does."""
+
+    step: int
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
 @torch.no_grad()
-def row_adam_(
-    storage: Tensor,
-    rows: Tensor,
-    grad: Tensor,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-) -> None:
-    """One Adam step, in place, on the unique storage ``rows`` [R] of ``storage`` [N, 3, D] (value, exp_avg,
-    exp_avg_sq) with gradient ``grad`` [R, D]; ``step`` is the 1-based step count of the bias correction;
-    eps is added after it, as ``torch.optim.Adam`` does."""
+def row_adam_(storage: Tensor, rows: Tensor, grad: Tensor, adam: AdamStep) -> None:
+    """One Adam step ``adam``, in place, on the unique storage ``rows`` [R] of ``storage`` [N, 3, D] (value,
+    exp_avg, exp_avg_sq) with gradient ``grad`` [R, D]."""
+    beta1, beta2, step = adam.beta1, adam.beta2, adam.step
     block = storage.index_select(0, rows)  # [R, 3, D]
     value, m, v = block.unbind(1)
     m.mul_(beta1).add_(grad, alpha=1 - beta1)
     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
-    value.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+    denom = (v / (1 - beta2**step)).sqrt_().add_(adam.eps)
+    value.addcdiv_(m, denom, value=-adam.lr / (1 - beta1**step))
     storage.index_copy_(0, rows, block)

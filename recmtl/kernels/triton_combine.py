@@ -33,6 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from recmtl.aggregators import PMTRec
+from recmtl.kernels.reference import AdamStep
 from recmtl.kernels.slots import RowSlots
 
 MAX_TASKS = 8
@@ -295,14 +296,14 @@ def _check(slots: RowSlots) -> None:
         raise ValueError("the gradients must be contiguous along D")
 
 
-def _adam_args(storage: Tensor | None, rows: Tensor | None, adam: dict[str, float] | None) -> list[float]:
+def _adam_args(storage: Tensor | None, rows: Tensor | None, adam: AdamStep | None) -> list[float]:
     if adam is None:
         return [0.0] * 7
     if storage is None or storage.dtype != torch.float32 or storage.stride(-1) != 1 or storage.ndim != 3:
         raise ValueError("the Adam storage must be a float32 [N, 3, D] tensor, contiguous along D")
     if rows is None:
         raise ValueError("the Adam update needs the storage rows")
-    step, lr, beta1, beta2, eps = (adam[k] for k in ("step", "lr", "beta1", "beta2", "eps"))
+    step, lr, beta1, beta2, eps = adam.step, adam.lr, adam.beta1, adam.beta2, adam.eps
     # the float64 scalars RowAdam computes, each rounded once to float32 at the call, as torch does
     return [beta1, 1 - beta1, beta2, 1 - beta2, 1 - beta2**step, eps, -lr / (1 - beta1**step)]
 
@@ -315,7 +316,7 @@ def _launch(
     epoch: int = 0,
     storage: Tensor | None = None,
     rows: Tensor | None = None,
-    adam: dict[str, float] | None = None,
+    adam: AdamStep | None = None,
     block_d: int | None = None,
     block_r: int | None = None,
     num_warps: int | None = None,
@@ -405,17 +406,11 @@ def combine_adam_rows(
     coefficients: Tensor,
     storage: Tensor,
     rows: Tensor,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
+    adam: AdamStep,
     **tuning: int,
 ) -> None:
-    """Adam step ``step`` (1-based) with the update ``Σ_t c[r, t] · G[r, t]`` on the unique storage ``rows``
-    [R] of ``storage`` [N, 3, D] (value, exp_avg, exp_avg_sq), in place, in one pass."""
-    adam = {"step": step, "lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
+    """The Adam step ``adam`` with the update ``Σ_t c[r, t] · G[r, t]`` on the unique storage ``rows`` [R]
+    of ``storage`` [N, 3, D] (value, exp_avg, exp_avg_sq), in place, in one pass."""
     _launch(slots, coefficients=coefficients, storage=storage, rows=rows, adam=adam, **tuning)
 
 
@@ -425,16 +420,11 @@ def pmtrec_adam_rows(
     epoch: int,
     storage: Tensor,
     rows: Tensor,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
+    adam: AdamStep,
     **tuning: int,
 ) -> tuple[Tensor, Tensor]:
-    """Adam with PMTRec's per-row combination as the update, in place, in one pass; returns c and w [R, T]."""
-    adam = {"step": step, "lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
+    """The Adam step ``adam`` with PMTRec's per-row combination as the update, in place, in one pass;
+    returns c and w [R, T]."""
     _, coef, weights = _launch(
         slots, method=method, epoch=epoch, storage=storage, rows=rows, adam=adam, **tuning
     )

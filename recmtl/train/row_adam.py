@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from recmtl.kernels.reference import row_adam_
+from recmtl.kernels.reference import AdamStep, row_adam_
 
 
 @dataclass
@@ -52,17 +52,12 @@ class RowAdam:
     def exp_avg_sq(self) -> Tensor:
         return self.storage[:, 2]
 
+    def next_step(self) -> AdamStep:
+        """Count one more step and return its scalars (for a kernel that applies the step itself)."""
+        self.steps += 1
+        return AdamStep(self.steps, self.lr, self.beta1, self.beta2, self.eps)
+
     def step(self, rows: Tensor, grad: Tensor) -> None:
         """Apply one Adam step to the unique ``rows`` [R] with gradient ``grad`` [R, D] (the math:
         :func:`recmtl.kernels.reference.row_adam_`; the fused kernels apply the same step)."""
-        self.steps += 1
-        row_adam_(
-            self.storage,
-            rows,
-            grad,
-            step=self.steps,
-            lr=self.lr,
-            beta1=self.beta1,
-            beta2=self.beta2,
-            eps=self.eps,
-        )
+        row_adam_(self.storage, rows, grad, self.next_step())

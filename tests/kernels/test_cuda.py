@@ -54,8 +54,7 @@ def test_compiled_kernels_match_the_reference_at_scale(dtype, dim):
     fused, plain = RowAdam.wrap(weight, 1e-3), RowAdam.wrap(weight, 1e-3)
     rows = torch.randperm(50_000, device=CUDA)[:20_000]
     plain.step(rows, reference.pmtrec_rows(reference.upcast(grads), PMTRec(), 3)[0])
-    hyper = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
-    K.pmtrec_adam_rows(slots, PMTRec(), 3, fused.storage, rows, step=1, **hyper)
+    K.pmtrec_adam_rows(slots, PMTRec(), 3, fused.storage, rows, fused.next_step())
     close(fused.storage, plain.storage, **scaled(FP32, plain.storage))
 
 

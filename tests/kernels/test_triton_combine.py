@@ -133,7 +133,9 @@ def test_no_rows():
     storage = torch.randn(4, 3, 10, device=DEVICE)
     before = storage.clone()
     nothing = torch.zeros(0, dtype=torch.long, device=DEVICE)
-    K.combine_adam_rows(slots, torch.zeros(0, 3, device=DEVICE), storage, nothing, **ADAM, step=1)
+    K.combine_adam_rows(
+        slots, torch.zeros(0, 3, device=DEVICE), storage, nothing, reference.AdamStep(1, **ADAM)
+    )
     assert torch.equal(storage, before)
 
 
@@ -191,8 +193,7 @@ def test_fused_combine_adam_matches_row_adam(dim, block_d):
         grads = entries(16, 3, dim, seed=20 + step, device=DEVICE)
         c, rows = coefficients(16, 3, grads, seed=step), storage_rows(50, 16, step)
         plain.step(rows, reference.combine_rows(grads, c))
-        fused.steps += 1
-        K.combine_adam_rows(RowSlots.from_grads(grads), c, fused.storage, rows, step=fused.steps, **ADAM,
+        K.combine_adam_rows(RowSlots.from_grads(grads), c, fused.storage, rows, fused.next_step(),
                             block_d=block_d)  # fmt: skip
         close(fused.storage, plain.storage, **scaled(FP32, plain.storage))
 
@@ -209,9 +210,8 @@ def test_fused_pmtrec_adam_matches_row_adam(method, dim, block_d):
         rows = storage_rows(40, 12, 10 + step)
         ref_update, ref_c, ref_w = reference.pmtrec_rows(grads, method, epoch=step)
         plain.step(rows, ref_update)
-        fused.steps += 1
         c, w = K.pmtrec_adam_rows(RowSlots.from_grads(grads), method, step, fused.storage, rows,
-                                  step=fused.steps, **ADAM, block_d=block_d)  # fmt: skip
+                                  fused.next_step(), block_d=block_d)  # fmt: skip
         close(c, ref_c.float(), **FP32)
         close(w, ref_w.float(), **FP32)
         close(fused.storage, plain.storage, **scaled(FP32, plain.storage))
@@ -223,6 +223,5 @@ def test_fused_adam_with_bfloat16_gradients():
     grads = entries(12, 3, 32, seed=40, dtype=torch.bfloat16, device=DEVICE)
     rows = storage_rows(30, 12, 3)
     plain.step(rows, reference.pmtrec_rows(reference.upcast(grads), PMTRec(), 1)[0])
-    fused.steps += 1
-    K.pmtrec_adam_rows(RowSlots.from_grads(grads), PMTRec(), 1, fused.storage, rows, step=1, **ADAM)
+    K.pmtrec_adam_rows(RowSlots.from_grads(grads), PMTRec(), 1, fused.storage, rows, fused.next_step())
     close(fused.storage, plain.storage, **scaled(FP32, plain.storage))
