@@ -97,6 +97,7 @@ ADDED_OPTIONS: dict[str, Any] = {
     "stem_asymmetric": False,
     "stem_no_stopgrad": False,
     "stem_no_shared": False,
+    "aux_sampling": "independent",
 }
 
 

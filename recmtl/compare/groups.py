@@ -2,7 +2,10 @@
 
 Two runs belong to one group when their resolved configs are equal once the keys that do not change what
 is trained are removed (:data:`IGNORED`: the seed, the run name, the data path — the data identity is its
-hash, checked in :mod:`recmtl.compare.load` — the device and the validation chunk size). A group's label
+hash, checked in :mod:`recmtl.compare.load` — the device and the validation chunk size). A method option
+a run does not record (it was written before the option existed) counts at the method's default, which
+is what that run trained with, as :data:`recmtl.runs.ADDED_OPTIONS` does for the training options. A
+group's label
 is its method's name followed by the options that differ between groups: the method's own options when
 they differ between groups of that method (``pmtrec (alpha=1.05, tau=0.5)``), any other option when it
 differs between any groups (``ew (lr=0.01)``).
@@ -14,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from recmtl.aggregators import AGGREGATORS
 from recmtl.compare.load import Run
 
 #: Config keys that do not define a group: the seed (what a group averages over), names and places, and how
@@ -49,13 +53,19 @@ def flatten(config: dict[str, Any]) -> dict[str, Any]:
     for key, value in config.items():
         if key in IGNORED:
             continue
-        if key == "method" and isinstance(value, dict):
-            out |= {f"method.{k}": _hashable(v) for k, v in value.items()}
-        elif key == "method":
-            out["method.name"] = value
+        if key == "method":
+            out |= {f"method.{k}": _hashable(v) for k, v in method_table(value).items()}
         else:
             out[key] = _hashable(value)
     return out
+
+
+def method_table(value: str | dict[str, Any]) -> dict[str, Any]:
+    """A run's method table (or bare name) with every option of a registered method it does not record at
+    the method's default."""
+    table = {"name": value} if isinstance(value, str) else dict(value)
+    cls = AGGREGATORS.get(str(table.get("name")))
+    return (cls().to_config() if cls is not None else {}) | table
 
 
 def _hashable(value: Any) -> Any:

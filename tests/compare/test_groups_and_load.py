@@ -88,3 +88,19 @@ def test_baseline_by_label_or_method_and_ambiguity(tmp_path):
         compare(runs, baseline="mgda")
     with pytest.raises(RecmtlError, match="--metric hit@20"):
         compare(runs, focus="hit@20")
+
+
+def test_a_run_written_before_an_option_existed_groups_with_runs_at_its_default(tmp_path):
+    """No aux_sampling (a training option) and no norm_source / beta (PMTRec's): read at their defaults, so
+    such a run joins the group of runs that record the defaults and is apart from the others."""
+    make_run(tmp_path, "old-s0", method={"name": "pmtrec", "alpha": 1.1}, seed=0)
+    make_run(tmp_path, "new-s1", method={"name": "pmtrec", "alpha": 1.1, "norm_source": "step", "beta": 0.9},
+             seed=1, aux_sampling="independent")  # fmt: skip
+    make_run(tmp_path, "ema-s0", method={"name": "pmtrec", "alpha": 1.1, "norm_source": "ema"}, seed=0)
+    make_run(tmp_path, "aligned-s0", method={"name": "pmtrec", "alpha": 1.1}, seed=0, aux_sampling="aligned")
+    groups = {g.label: g.seeds for g in group_runs(load_runs([tmp_path]))}
+    assert groups == {
+        "pmtrec (norm_source=step, aux_sampling=independent)": (0, 1),
+        "pmtrec (norm_source=ema, aux_sampling=independent)": (0,),
+        "pmtrec (norm_source=step, aux_sampling=aligned)": (0,),
+    }
