@@ -9,6 +9,8 @@
   Wilcoxon, across-seed t-test), raw and Holm-adjusted.
 - CSV: ``compare.csv`` is the tidy summary (one row per group x metric, every number at full precision)
   and ``compare_tests.csv`` every test (per seed, pooled, across seeds).
+- Runs with the training instruments (:mod:`recmtl.compare.instruments`) add a Markdown section (where
+  tasks meet, the main task's weight by user activity) and ``compare_instruments.csv``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from recmtl.compare.table import Comparison
 from recmtl.data.store import atomic_write_text
 
 FILES = ("compare.md", "compare.csv", "compare_tests.csv", "compare.tex")
+INSTRUMENTS_FILE = "compare_instruments.csv"
 
 
 def fmt_value(x: float) -> str:
@@ -154,7 +157,30 @@ def to_markdown(c: Comparison) -> str:
         lines.append("|---|" + "---:|" * len(FOCUS_HEADERS))
         for label, cells in _focus_rows(c):
             lines.append(f"| {_md(label)} | " + " | ".join(cells) + " |")
+    if c.instruments.height:
+        lines += ["", *_instruments(c)]
     return "\n".join(lines) + "\n"
+
+
+def _instruments(c: Comparison) -> list[str]:
+    """The instruments section: meet fraction, and the main task's weight (median, q25-q75) by activity."""
+    lines = [
+        "## Where tasks meet, and the main task's weight by user activity",
+        "",
+        "Meet: fraction of a step's touched rows where at least two tasks meet (mean over epochs). Main "
+        "weight: per user, the mean main-task weight over the selected epoch; median (q25–q75) over the "
+        "activity group's users. Mean over the runs that recorded them.",
+        "",
+        "| group | runs | meet | main weight, cold users | mid users | heavy users |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in c.instruments.iter_rows(named=True):
+        cells = [fmt_value(r["meet_fraction"])]
+        for group in ("cold_users", "mid_users", "heavy_users"):
+            q = [r[f"main_weight_{s}@{group}"] for s in ("q50", "q25", "q75")]
+            cells.append("—" if math.isnan(q[0]) else f"{q[0]:.3f} ({q[1]:.3f}–{q[2]:.3f})")
+        lines.append(f"| {_md(r['group'])} | {r['runs']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _md(text: str) -> str:
@@ -224,4 +250,7 @@ def write_reports(c: Comparison, out: Path) -> list[Path]:
     for name, text in zip(FILES, texts, strict=True):
         atomic_write_text(out / name, text)
         paths.append(out / name)
+    if c.instruments.height:
+        atomic_write_text(out / INSTRUMENTS_FILE, c.instruments.fill_nan(None).write_csv(float_precision=6))
+        paths.append(out / INSTRUMENTS_FILE)
     return paths

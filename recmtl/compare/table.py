@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from recmtl.compare.groups import Group, group_runs
+from recmtl.compare.instruments import instruments_table
 from recmtl.compare.load import Run, train_counts
 from recmtl.compare.stats import (
     activity_bucket,
@@ -79,6 +80,7 @@ class Comparison:
     tests: pl.DataFrame  # one row per (group, metric, scope, test): TESTS_SCHEMA
     activity: pl.DataFrame  # group, bucket, metric, mean, std, n_users (focus metric by activity bucket)
     activity_from: str  # "train" (all users' training counts) or "evaluated" (the evaluated users' only)
+    instruments: pl.DataFrame  # one row per instrumented group (recmtl.compare.instruments.SCHEMA)
 
     def cell(self, group: str, metric: str) -> dict[str, Any]:
         """The summary row of ``group`` x ``metric`` as a dict."""
@@ -267,4 +269,5 @@ def compare(runs: list[Run], *, baseline: str | None = None, focus: str = "ndcg@
         tests=tests,
         activity=activity,
         activity_from=activity_from,
+        instruments=instruments_table(groups),
     )

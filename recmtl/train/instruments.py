@@ -29,6 +29,11 @@ from torch import Tensor
 
 QUARTILES = (0.25, 0.5, 0.75)
 
+#: Row groups for logging the mean aggregation weights: item rows, then users by training activity
+#: (terciles of the per-user training interaction count: cold <= q1/3 < mid <= q2/3 < heavy).
+ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
+USER_GROUPS = {g: name for g, name in enumerate(ROW_GROUPS) if name != "items"}  # the instruments' groups
+
 
 class EpochInstruments:
     """One epoch's accumulators; :meth:`add` per step, then :meth:`record` and :meth:`user_frame`."""

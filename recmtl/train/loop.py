@@ -41,7 +41,7 @@ from recmtl.runs import (
 )
 from recmtl.tasks import TaskOptions, build_tasks
 from recmtl.train.config import TrainConfig, flag
-from recmtl.train.instruments import EpochInstruments
+from recmtl.train.instruments import ROW_GROUPS, USER_GROUPS, EpochInstruments
 from recmtl.train.row_adam import RowAdam
 from recmtl.train.step import RowWorkspace, StepPlan, train_step
 
@@ -103,11 +103,6 @@ def resolve_device(name: str) -> torch.device:
 #: A task loss whose magnitude exceeds this many times its value at the epoch's first step (at least 1) has
 #: diverged: training stops as for a NaN loss. Legitimate losses stay far below (BPR starts at ln 2).
 DIVERGED = 1e4
-
-#: Row groups for logging the mean aggregation weights: item rows, then users by training activity
-#: (terciles of the per-user training interaction count: cold <= q1/3 < mid <= q2/3 < heavy).
-ROW_GROUPS = ("items", "cold_users", "mid_users", "heavy_users")
-USER_GROUPS = {g: name for g, name in enumerate(ROW_GROUPS) if name != "items"}  # the instruments' groups
 
 
 def row_groups(

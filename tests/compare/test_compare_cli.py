@@ -38,11 +38,13 @@ def test_compare_cli_writes_tables_and_plots(tiny_runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert "pmtrec" in result.stdout and "baseline" in result.stdout and "wrote" in result.stdout
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["activity.png", "compare.csv", "compare.md", "compare.tex", "compare_tests.csv",
-                     "main_weight_by_activity.png", "task_weights.png", "valid_curve.png"]  # fmt: skip
+    assert names == ["activity.png", "compare.csv", "compare.md", "compare.tex", "compare_instruments.csv",
+                     "compare_tests.csv", "main_weight_by_activity.png", "task_weights.png",
+                     "valid_curve.png"]  # fmt: skip
     assert (out / "main_weight_by_activity.png").stat().st_size > 1000  # the trained runs' user weights
     md = (out / "compare.md").read_text()
     assert "| pmtrec | 2 |" in md and "Paired tests vs ew on ndcg@20" in md
+    assert "## Where tasks meet" in md  # the trained runs' instruments
 
 
 def test_compare_cli_no_plots_and_one_line_errors(tiny_runs, tmp_path):

@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 
 from recmtl.aggregators import PMTRec
-from recmtl.train.instruments import EpochInstruments, instrument_columns
-from recmtl.train.loop import USER_GROUPS, fit
+from recmtl.train.instruments import USER_GROUPS, EpochInstruments, instrument_columns
+from recmtl.train.loop import fit
 from tests.train.conftest import Interrupt, assert_same_tensors, metrics_without_wall, quick_config
 
 EMA = PMTRec(norm_source="ema", beta=0.8)
