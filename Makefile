@@ -121,13 +121,17 @@ reproduce-stem: $(STAMP) ## STEM vs MF (single, ew, pmtrec; stem+ew, stem+pmtrec
 	$(BIN)/recmtl sweep sweeps/stem-lastfm.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/stem-lastfm.toml --baseline single --buckets aux-ratio --out results/stem-lastfm
 # Where tasks meet: --aux-sampling x PMTRec's norm_source x three auxiliary-task sets, on Ciao and Last.fm
-# (prepare them with reproduce-ciao and reproduce-lastfm first). The ew baseline is the group of the main
-# comparison's options (tests/sweeps/test_shipped_sweeps.py checks that this label names one group).
-PMTREC_STUDY_EW = ew (aux=social,category, aux_sampling=independent)
+# (prepare them with reproduce-ciao and reproduce-lastfm first). Everything against single, then each
+# setting's pmtrec against the ew of the same tasks and sampling: SETTING:EW_TABLE:PMTREC_TABLE, the
+# sweep's [methods.LABEL] tables (tests/sweeps/test_shipped_sweeps.py holds each pair to one setting).
+PMTREC_STUDY_SETTINGS = independent:ew:pmtrec aligned:ew-aligned:pmtrec-aligned au:ew-au:pmtrec-au \
+	all:ew-all:pmtrec-all all-aligned:ew-all-aligned:pmtrec-all-aligned
 define pmtrec_study
 	$(BIN)/recmtl sweep sweeps/pmtrec-study-$(1).toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --baseline single --out results/pmtrec-study-$(1)/vs-single
-	$(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --baseline "$(PMTREC_STUDY_EW)" --out results/pmtrec-study-$(1)/vs-ew --no-plots
+	for s in $(PMTREC_STUDY_SETTINGS); do set -- $$(echo $$s | tr : ' '); \
+	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --only $$2,$$3 --baseline ew \
+	    --out results/pmtrec-study-$(1)/vs-ew-$$1 --no-plots || exit 1; done
 endef
 
 reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm -> results/pmtrec-study-*/

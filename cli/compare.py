@@ -96,6 +96,13 @@ def compare(
         Path | None,
         Opt(help="Compare the cells of this sweep file (`recmtl sweep FILE` first), instead of RUN_DIRs."),
     ] = None,
+    only: Annotated[
+        str | None,
+        Opt(
+            help="With --sweep: only the cells of these [methods.LABEL] tables, comma-separated (e.g. "
+            "ew-aligned,pmtrec-aligned: each setting against the ew of the same setting)."
+        ),
+    ] = None,
     baseline: Annotated[
         str | None,
         Opt(help="The reference group: a group label or a method name (e.g. ew); enables Δ% and the tests."),
@@ -127,11 +134,14 @@ def compare(
     """
     if (sweep is None) == (not run_dirs):
         raise RecmtlError("give either RUN_DIRs or --sweep FILE (see 'recmtl compare --help')")
+    if only is not None and sweep is None:
+        raise RecmtlError("--only selects cells of a sweep: it needs --sweep FILE")
     if buckets is not None and buckets not in BUCKET_KINDS:
         raise RecmtlError(f"--buckets {buckets}: expected {' or '.join(BUCKET_KINDS)}")
     if buckets is not None and baseline is None:
         raise RecmtlError(f"--buckets {buckets} needs --baseline (the group to subtract, e.g. single)")
-    runs = load_runs(sweep_run_dirs(sweep) if sweep is not None else run_dirs)
+    labels = None if only is None else [x.strip() for x in only.split(",") if x.strip()]
+    runs = load_runs(sweep_run_dirs(sweep, labels) if sweep is not None else run_dirs)
     result = build_comparison(runs, baseline=baseline, focus=metric.lower())
     console.print(comparison_table(result))
     console.print(metrics_at_k(result))
@@ -157,12 +167,22 @@ def compare(
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True, highlight=False)
 
 
-def sweep_run_dirs(path: Path) -> list[Path]:
-    """The run directories of every cell of the sweep in ``path``; RecmtlError naming the unfinished ones."""
+def sweep_run_dirs(path: Path, labels: list[str] | None = None) -> list[Path]:
+    """The run directories of every cell of the sweep in ``path`` (of its [methods.LABEL] tables in
+    ``labels`` only, when given); RecmtlError naming the unfinished ones or an unknown label."""
     from recmtl.sweeps import load_sweep
     from recmtl.sweeps.runner import cell_status
 
     cells = load_sweep(path).cells()
+    if labels is not None:
+        known = list(dict.fromkeys(c.label for c in cells))
+        unknown = [x for x in labels if x not in known]
+        if unknown or not labels:
+            raise RecmtlError(
+                f"--only {','.join(unknown) or '(empty)'}: not a [methods.LABEL] table of {path} "
+                f"(tables: {', '.join(known)})"
+            )
+        cells = [c for c in cells if c.label in labels]
     unfinished = [c.name for c in cells if cell_status(c) != "done"]
     if unfinished:
         more = f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else ""

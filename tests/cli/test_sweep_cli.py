@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -130,3 +131,10 @@ def test_compare_takes_the_cells_of_a_sweep(tmp_path, data):
     table = (out / "compare.csv").read_text()
     assert "single" in table and "pmtrec" in table
     assert_one_line_error(run("compare"), "RUN_DIRs or --sweep")
+    only = tmp_path / "only"
+    result = run("compare", "--sweep", str(path), "--only", "pmtrec", "--out", str(only), "--no-plots")
+    assert result.exit_code == 0, result.stderr
+    table = pl.read_csv(only / "compare.csv")
+    assert set(table["method"]) == {"pmtrec"} and table["group"].n_unique() == 2  # the single cells left out
+    assert_one_line_error(run("compare", "--sweep", str(path), "--only", "nash"), "--only nash", "single")
+    assert_one_line_error(run("compare", str(tmp_path), "--only", "pmtrec"), "--only", "--sweep")

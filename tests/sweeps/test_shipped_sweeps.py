@@ -94,15 +94,27 @@ def test_pmtrec_study_sweeps_cover_the_design_without_duplicate_runs(name):
     assert not {t for c in cells for t in c.config.aux} & {"coview", "cobuy", "rating"}
 
 
-def test_the_pmtrec_study_ew_baseline_of_the_makefile_names_one_group():
-    makefile = (SWEEPS.parent / "Makefile").read_text()
-    label = next(
-        line.split("=", 1)[1].strip() for line in makefile.splitlines() if line.startswith("PMTREC_STUDY_EW")
-    )
+def _makefile_settings() -> list[tuple[str, str, str]]:
+    """PMTREC_STUDY_SETTINGS of the Makefile: (setting, ew table, pmtrec table)."""
+    text = (SWEEPS.parent / "Makefile").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("PMTREC_STUDY_SETTINGS"))
+    return [tuple(item.split(":")) for item in line.split("=", 1)[1].split()]
+
+
+def test_each_pmtrec_study_setting_of_the_makefile_pairs_pmtrec_with_the_ew_of_its_setting():
+    """`compare --only EW,PMTREC --baseline ew`: one ew group, pmtrec groups of the same tasks and sampling,
+    and every ew and pmtrec table of the study in exactly one setting."""
+    settings = _makefile_settings()
+    assert len(settings) == len({s for s, _, _ in settings}) == 5
     for name in ("ciao", "lastfm"):
-        groups = study_groups(load_sweep(SWEEPS / f"pmtrec-study-{name}.toml").cells())
-        assert groups[label]["method.name"] == "ew"
-        assert (
-            groups[label]["aux"] == ("social", "category") and groups[label]["aux_sampling"] == "independent"
-        )
+        cells = load_sweep(SWEEPS / f"pmtrec-study-{name}.toml").cells()
+        tables = {c.label for c in cells if c.config.method.name in ("ew", "pmtrec")}
+        assert sorted(t for _, ew, pm in settings for t in (ew, pm)) == sorted(tables)
+        for _, ew, pm in settings:
+            chosen = [c for c in cells if c.label in (ew, pm)]
+            assert {(c.label, c.config.method.name) for c in chosen} == {(ew, "ew"), (pm, "pmtrec")}
+            assert len({(c.config.aux, c.config.aux_sampling) for c in chosen}) == 1  # one setting
+            groups = study_groups(chosen)
+            assert sum(o["method.name"] == "ew" for o in groups.values()) == 1  # --baseline ew names one
+        groups = study_groups(cells)
         assert sum(o["method.name"] == "single" for o in groups.values()) == 1  # --baseline single
