@@ -34,6 +34,13 @@ def sweep(
         int, Opt("--jobs", "-j", help="Cells trained at a time, each in its own process (e.g. on a GPU).")
     ] = 1,
     quiet: Annotated[bool, Opt(help="No progress bars: one log line per epoch (and per cell).")] = False,
+    seeds: Annotated[
+        str | None,
+        Opt(
+            help="Only these of the file's seeds, comma-separated (a first pass, e.g. --seeds 0; the same "
+            "command without --seeds later trains the rest and skips these)."
+        ),
+    ] = None,
 ) -> None:
     """Train and evaluate every cell of a sweep file (methods × option grid × seeds), resumably.
 
@@ -46,6 +53,8 @@ def sweep(
     Examples in sweeps/; the file format in docs/training.md (Sweeps).
     """
     spec = load_sweep(sweep_file)
+    if seeds is not None:
+        spec = spec.with_seeds(_seed_list(seeds))
     cells = spec.cells()
     statuses = {c.name: cell_status(c) for c in cells}
     if dry_run:
@@ -103,6 +112,13 @@ def sweep(
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise RecmtlError(f"--seeds {text}: expected integers separated by commas, e.g. 0,1") from None
 
 
 class _Eta:

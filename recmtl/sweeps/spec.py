@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,15 @@ class Sweep:
     options: dict[str, Any]
     grid: dict[str, tuple[Any, ...]]
     methods: tuple[MethodSpec, ...]
+
+    def with_seeds(self, seeds: tuple[int, ...]) -> Sweep:
+        """This sweep over only those of its seeds in ``seeds`` (a first pass over fewer seeds: the cells
+        keep their names, so running the whole file later skips them); ConfigError for a seed it lacks."""
+        missing = [s for s in seeds if s not in self.seeds]
+        if missing or not seeds:
+            found = ",".join(map(str, missing)) or "(none)"
+            raise ConfigError(f"seeds {found}: not among {self.path}'s seeds {list(self.seeds)}")
+        return replace(self, seeds=tuple(s for s in self.seeds if s in seeds))
 
     def cells(self) -> list[Cell]:
         """Every cell, in a stable order: methods (file order) × [grid] × method grid × seeds (last key

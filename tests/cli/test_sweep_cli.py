@@ -138,3 +138,15 @@ def test_compare_takes_the_cells_of_a_sweep(tmp_path, data):
     assert set(table["method"]) == {"pmtrec"} and table["group"].n_unique() == 2  # the single cells left out
     assert_one_line_error(run("compare", "--sweep", str(path), "--only", "nash"), "--only nash", "single")
     assert_one_line_error(run("compare", str(tmp_path), "--only", "pmtrec"), "--only", "--sweep")
+
+
+def test_seeds_runs_a_first_pass_whose_cells_the_whole_sweep_then_skips(tmp_path, data):
+    path = sweep_file(tmp_path, data)
+    listed = run("sweep", str(path), "--seeds", "1", "--dry-run")
+    assert listed.exit_code == 0 and "-s1" in listed.stdout and "-s0" not in listed.stdout
+    assert run("sweep", str(path), "--seeds", "1", "--quiet").exit_code == 0
+    assert sorted(metrics(tmp_path / "runs")) == ["pmtrec-alpha=1.0-s1", "pmtrec-alpha=1.5-s1", "single-s1"]
+    rest = run("sweep", str(path), "--quiet")
+    assert "3 done, 3 to train" in rest.stdout
+    assert_one_line_error(run("sweep", str(path), "--seeds", "7"), "seeds 7", "[0, 1]")
+    assert_one_line_error(run("sweep", str(path), "--seeds", "a"), "--seeds a", "integers")
