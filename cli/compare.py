@@ -173,16 +173,8 @@ def sweep_run_dirs(path: Path, labels: list[str] | None = None) -> list[Path]:
     from recmtl.sweeps import load_sweep
     from recmtl.sweeps.runner import cell_status
 
-    cells = load_sweep(path).cells()
-    if labels is not None:
-        known = list(dict.fromkeys(c.label for c in cells))
-        unknown = [x for x in labels if x not in known]
-        if unknown or not labels:
-            raise RecmtlError(
-                f"--only {','.join(unknown) or '(empty)'}: not a [methods.LABEL] table of {path} "
-                f"(tables: {', '.join(known)})"
-            )
-        cells = [c for c in cells if c.label in labels]
+    spec = load_sweep(path)
+    cells = (spec if labels is None else spec.with_labels(tuple(labels))).cells()
     unfinished = [c.name for c in cells if cell_status(c) != "done"]
     if unfinished:
         more = f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else ""

@@ -41,6 +41,13 @@ def sweep(
             "command without --seeds later trains the rest and skips these)."
         ),
     ] = None,
+    only: Annotated[
+        str | None,
+        Opt(
+            help="Only the cells of these [methods.LABEL] tables, comma-separated (the rest later, as with "
+            "--seeds)."
+        ),
+    ] = None,
 ) -> None:
     """Train and evaluate every cell of a sweep file (methods × option grid × seeds), resumably.
 
@@ -55,6 +62,8 @@ def sweep(
     spec = load_sweep(sweep_file)
     if seeds is not None:
         spec = spec.with_seeds(_seed_list(seeds))
+    if only is not None:
+        spec = spec.with_labels(tuple(x.strip() for x in only.split(",") if x.strip()))
     cells = spec.cells()
     statuses = {c.name: cell_status(c) for c in cells}
     if dry_run:

@@ -92,6 +92,18 @@ class Sweep:
             raise ConfigError(f"seeds {found}: not among {self.path}'s seeds {list(self.seeds)}")
         return replace(self, seeds=tuple(s for s in self.seeds if s in seeds))
 
+    def with_labels(self, labels: tuple[str, ...]) -> Sweep:
+        """This sweep over only its [methods.LABEL] tables named in ``labels`` (cells keep their names, as
+        in :meth:`with_seeds`); ConfigError naming a label it lacks."""
+        known = [m.label for m in self.methods]
+        missing = [x for x in labels if x not in known]
+        if missing or not labels:
+            found = ",".join(missing) or "(none)"
+            raise ConfigError(
+                f"{found}: not a [methods.LABEL] table of {self.path} (tables: {', '.join(known)})"
+            )
+        return replace(self, methods=tuple(m for m in self.methods if m.label in labels))
+
     def cells(self) -> list[Cell]:
         """Every cell, in a stable order: methods (file order) × [grid] × method grid × seeds (last key
         fastest). ConfigError naming the file and the key for any invalid combination."""

@@ -136,12 +136,17 @@ def test_compare_takes_the_cells_of_a_sweep(tmp_path, data):
     assert result.exit_code == 0, result.stderr
     table = pl.read_csv(only / "compare.csv")
     assert set(table["method"]) == {"pmtrec"} and table["group"].n_unique() == 2  # the single cells left out
-    assert_one_line_error(run("compare", "--sweep", str(path), "--only", "nash"), "--only nash", "single")
+    assert_one_line_error(
+        run("compare", "--sweep", str(path), "--only", "nash"), "nash", "not a [methods.LABEL]", "single"
+    )
     assert_one_line_error(run("compare", str(tmp_path), "--only", "pmtrec"), "--only", "--sweep")
 
 
-def test_seeds_runs_a_first_pass_whose_cells_the_whole_sweep_then_skips(tmp_path, data):
+def test_seeds_and_only_run_a_first_pass_whose_cells_the_whole_sweep_then_skips(tmp_path, data):
     path = sweep_file(tmp_path, data)
+    listed = run("sweep", str(path), "--only", "single", "--dry-run")
+    assert listed.exit_code == 0 and "single-s0" in listed.stdout and "pmtrec" not in listed.stdout
+    assert_one_line_error(run("sweep", str(path), "--only", "ew"), "ew", "not a [methods.LABEL]", "pmtrec")
     listed = run("sweep", str(path), "--seeds", "1", "--dry-run")
     assert listed.exit_code == 0 and "-s1" in listed.stdout and "-s0" not in listed.stdout
     assert run("sweep", str(path), "--seeds", "1", "--quiet").exit_code == 0
