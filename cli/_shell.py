@@ -50,6 +50,11 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def comma_list(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated option value (``"a, b,"`` -> ``["a", "b"]``)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def given(**options: Any) -> dict[str, Any]:
     """The options the user actually gave (not None): the command-line overrides of a config."""
     return {k: v for k, v in options.items() if v is not None}

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli._shell import console, user_errors
+from cli._shell import comma_list, console, user_errors
 from recmtl.compare import compare as build_comparison
 from recmtl.compare import load_runs
 from recmtl.compare.buckets import BUCKET_KINDS, aux_ratio_table, friends_of, write_aux_ratio
@@ -140,7 +140,7 @@ def compare(
         raise RecmtlError(f"--buckets {buckets}: expected {' or '.join(BUCKET_KINDS)}")
     if buckets is not None and baseline is None:
         raise RecmtlError(f"--buckets {buckets} needs --baseline (the group to subtract, e.g. single)")
-    labels = None if only is None else [x.strip() for x in only.split(",") if x.strip()]
+    labels = None if only is None else comma_list(only)
     runs = load_runs(sweep_run_dirs(sweep, labels) if sweep is not None else run_dirs)
     result = build_comparison(runs, baseline=baseline, focus=metric.lower())
     console.print(comparison_table(result))

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli import _shell
-from cli._shell import console, err_console, tune_allocator, user_errors
+from cli._shell import comma_list, console, err_console, tune_allocator, user_errors
 from cli.train import LogCallbacks, ProgressCallbacks
 from recmtl.errors import RecmtlError
 from recmtl.sweeps.runner import CellOutcome, SweepInterrupted, cell_status, run_sweep
@@ -63,7 +63,7 @@ def sweep(
     if seeds is not None:
         spec = spec.with_seeds(_seed_list(seeds))
     if only is not None:
-        spec = spec.with_labels(tuple(x.strip() for x in only.split(",") if x.strip()))
+        spec = spec.with_labels(tuple(comma_list(only)))
     cells = spec.cells()
     statuses = {c.name: cell_status(c) for c in cells}
     if dry_run:
@@ -125,7 +125,7 @@ def sweep(
 
 def _seed_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(int(x) for x in comma_list(text))
     except ValueError:
         raise RecmtlError(f"--seeds {text}: expected integers separated by commas, e.g. 0,1") from None
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli._shell import console, tune_allocator, user_errors
+from cli._shell import comma_list, console, tune_allocator, user_errors
 from cli.options import config_options
 from cli.render import metrics_table
 from recmtl.config import build, read_toml
@@ -225,7 +225,7 @@ def evaluate(
     run directory.
     """
     try:
-        ks = tuple(int(x) for x in k.split(",") if x.strip())
+        ks = tuple(int(x) for x in comma_list(k))
     except ValueError:
         raise ConfigError(f"--k {k!r}: expected comma-separated whole numbers like 10,20,40") from None
     if not ks or min(ks) < 1:

@@ -20,9 +20,10 @@ from typing import Any
 import polars as pl
 
 from recmtl.compare.groups import Group
-from recmtl.compare.load import Run
 from recmtl.train.instruments import USER_GROUPS, instrument_columns
 
+#: The activity groups the trainer reports (cold_users, mid_users, heavy_users).
+ACTIVITY = tuple(USER_GROUPS.values())
 #: The per-group columns, in report order (the trainer's instrument columns).
 COLUMNS = tuple(instrument_columns(USER_GROUPS))
 SCHEMA = {"group": pl.String, "runs": pl.Int64} | dict.fromkeys(COLUMNS, pl.Float64)
@@ -47,17 +48,13 @@ def instruments_table(groups: list[Group]) -> pl.DataFrame:
     """One row per group with at least one instrumented run: ``group``, ``runs`` and :data:`COLUMNS`."""
     rows: list[dict[str, Any]] = []
     for group in groups:
-        recorded = [r for r in map(_of, group.runs) if r is not None]
+        recorded = [r for r in (run_instruments(run.history) for run in group.runs) if r is not None]
         if not recorded:
             continue
         row: dict[str, Any] = {"group": group.label, "runs": len(recorded)}
         row |= {c: _nanmean([r[c] for r in recorded]) for c in COLUMNS}
         rows.append(row)
     return pl.DataFrame(rows, schema=SCHEMA)
-
-
-def _of(run: Run) -> dict[str, float] | None:
-    return run_instruments(run.history)
 
 
 def _nanmean(values: list[float | None]) -> float:

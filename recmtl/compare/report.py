@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from recmtl.compare.instruments import ACTIVITY
 from recmtl.compare.table import Comparison
 from recmtl.data.store import atomic_write_text
 
@@ -176,7 +177,7 @@ def _instruments(c: Comparison) -> list[str]:
     ]
     for r in c.instruments.iter_rows(named=True):
         cells = [fmt_value(r["meet_fraction"])]
-        for group in ("cold_users", "mid_users", "heavy_users"):
+        for group in ACTIVITY:
             q = [r[f"main_weight_{s}@{group}"] for s in ("q50", "q25", "q75")]
             cells.append("—" if math.isnan(q[0]) else f"{q[0]:.3f} ({q[1]:.3f}–{q[2]:.3f})")
         lines.append(f"| {_md(r['group'])} | {r['runs']} | " + " | ".join(cells) + " |")
