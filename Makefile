@@ -6,6 +6,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# pytest-xdist workers for `make test`: auto = one per core (TEST_JOBS=0 runs in one process)
+TEST_JOBS ?= auto
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA ?= data/synthetic
@@ -39,8 +41,8 @@ demo: $(STAMP) ## prepare -> train -> evaluate on the synthetic default (a few m
 	$(BIN)/recmtl train $(DEMO_DATA) --config configs/demo.toml --name $(notdir $(DEMO_RUN)) --runs-dir $(dir $(DEMO_RUN))
 	$(BIN)/recmtl evaluate $(DEMO_RUN)
 
-test: $(STAMP) ## run the test suite (real-data tests need RECMTL_SHARED_DATA or ../shared/data)
-	$(BIN)/python -m pytest -q
+test: $(STAMP) ## run the test suite on TEST_JOBS workers (real-data tests need RECMTL_SHARED_DATA or ../shared/data)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 lint: $(STAMP) ## ruff check and ruff format --check
 	$(BIN)/ruff check recmtl cli tests benchmarks
