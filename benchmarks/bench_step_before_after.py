@@ -4,7 +4,8 @@ rounds are interleaved (the order rotates every round), so the machine's drift h
 
 Usage:
     git worktree add /tmp/before <commit>      # the code before the change
-    python benchmarks/bench_step_before_after.py --before /tmp/before --data data/ciao [--rounds 15]
+    python benchmarks/bench_step_before_after.py --before /tmp/before --data data/ciao [--aux social,category]
+        [--rounds 15]
 
 ``--before DIR``'s ``recmtl/`` package is copied into a temporary directory as ``recmtl_before`` (every
 ``recmtl`` name in its sources renamed), so each version runs its own step exactly as committed. Prints the
@@ -45,7 +46,9 @@ def import_renamed(tree: Path, workdir: Path) -> str:
     return "recmtl_before"
 
 
-def make_step(package: str, data_dir: Path, method: str, batch: int) -> Callable[[], None]:
+def make_step(
+    package: str, data_dir: Path, method: str, batch: int, aux: tuple[str, ...]
+) -> Callable[[], None]:
     """One step of ``package``'s trainer (built as `recmtl train` builds it) on random rec batches."""
     try:
         config_mod = importlib.import_module(f"{package}.train.config")
@@ -59,7 +62,7 @@ def make_step(package: str, data_dir: Path, method: str, batch: int) -> Callable
     except ModuleNotFoundError:  # before the layering change
         tensors = importlib.import_module(f"{package}.train.data")
     data = tensors.TrainData.load(store.open_dataset(data_dir), torch.device("cpu"))
-    config = config_mod.TrainConfig(aux=("social", "category"), method=method, batch_size=batch).validate()
+    config = config_mod.TrainConfig(aux=aux, method=method, batch_size=batch).validate()
     model, plan = loop.build_training(config, data, torch.device("cpu"))
     sampler = torch.Generator().manual_seed(1)
     train_step = step_mod.train_step
@@ -81,19 +84,24 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="checkout of the code before the change")
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset (e.g. data/ciao)")
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--aux", default="social,category", help="comma-separated auxiliary tasks")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (medians reported)")
     args = parser.parse_args()
+    aux = tuple(args.aux.split(","))
     print_machine()
     with tempfile.TemporaryDirectory() as tmp:
         before = import_renamed(args.before, Path(tmp))
         steps = {
-            (version, method): make_step(package, args.data, method, args.batch_size)
+            (version, method): make_step(package, args.data, method, args.batch_size, aux)
             for version, package in (("before", before), ("after", "recmtl"))
             for method in ("pmtrec", "ew")
         }
         print(f"before: {args.before} · after: {Path(__file__).resolve().parents[1]}")
-        print(f"data {args.data} · batch {args.batch_size} · {args.rounds} rounds of {args.steps} steps")
+        print(
+            f"data {args.data} · aux {args.aux} · batch {args.batch_size} · "
+            f"{args.rounds} rounds of {args.steps} steps"
+        )
         for fn in steps.values():
             fn()  # warm-up
         times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}

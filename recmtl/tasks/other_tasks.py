@@ -77,9 +77,21 @@ class AlignTask(Task):
 
 
 def uniformity(x: Tensor) -> Tensor:
-    """log mean exp(−2||x_a − x_b||²) over distinct pairs of the normalised rows of x [n, D]."""
+    """log mean exp(−2||x_a − x_b||²) over the n(n − 1) / 2 distinct pairs a < b of the normalised rows of
+    x [n, D]; 0 (no pair) when n < 2.
+
+    On unit rows ||a − b||² = 2 − 2 a·b, so the terms are exp(4 a·b − 4): one [n, n] Gram matrix (a matmul,
+    then exp in place), summed over every ordered pair, less the n diagonal terms, halved with the count.
+    About twice as fast as ``torch.pdist`` forward and backward at n = 2048 on CPU, where pdist's backward
+    dominated an align,uniform step; tests/train/test_task_losses.py holds it to the pairwise formula.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return x.sum() * 0
     x = F.normalize(x, dim=-1)
-    return torch.pdist(x, p=2).pow(2).mul(-2).exp().mean().log()
+    every = torch.addmm(x.new_full((1,), -4.0), x, x.T, alpha=4).exp_().sum()  # ordered pairs + diagonal
+    diagonal = x.pow(2).sum(-1).mul(4).sub(4).exp().sum()  # exp(4||a||² − 4) ≈ 1 each
+    return ((every - diagonal) / (n * (n - 1))).log()
 
 
 class UniformTask(Task):

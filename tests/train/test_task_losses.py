@@ -12,6 +12,7 @@ import torch
 
 from recmtl.data.tensors import Pairs, TrainData
 from recmtl.tasks import TASKS, TaskBatch, TaskOptions
+from recmtl.tasks.other_tasks import uniformity
 
 N_USERS, N_ITEMS, N_CATEGORIES = 5, 8, 3
 
@@ -334,6 +335,32 @@ def test_uniform_loss_matches_the_formula_over_distinct_pairs(dtype):
     loss = task.loss({"user": users, "item": items}, batch, {})
     expected = (ref_uniformity(users.tolist()) + ref_uniformity(items.tolist())) / 2
     assert loss.item() == pytest.approx(expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniformity_matches_the_pairwise_formula_on_a_larger_batch_with_duplicates(dtype):
+    # the Gram-matrix form against the pairwise one, where a whole batch's diagonal is subtracted
+    x = rows_of(13, 60, 8, dtype)
+    x = torch.cat([x, x[:5]]).detach().requires_grad_(True)  # 5 duplicated rows: pairs at distance 0
+    value = uniformity(x)
+    assert value.item() == pytest.approx(ref_uniformity(x.tolist()), **tol(dtype))
+    (grad,) = torch.autograd.grad(value, x)
+    assert torch.isfinite(grad).all()
+
+
+def test_uniformity_gradient_matches_finite_differences():
+    x = rows_of(14, 7, 3, torch.float64)
+    (grad,) = torch.autograd.grad(uniformity(x), x)
+    assert torch.allclose(grad, numeric_grad(ref_uniformity, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_uniformity_without_a_pair_is_zero_and_keeps_the_graph(n):
+    x = torch.randn(n, 4, requires_grad=True)
+    value = uniformity(x)
+    assert value.item() == 0.0
+    value.backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros(n, 4))
 
 
 # --------------------------------------------------------------------------------------------------
