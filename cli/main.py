@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": (
         "cli.train",
         "train",
-        "Train a matrix-factorisation recommender with auxiliary tasks and a gradient-aggregation method.",
+        "Train a recommender (MF or STEM) with auxiliary tasks and a gradient-aggregation method.",
     ),
     "evaluate": (
         "cli.train",

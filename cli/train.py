@@ -149,7 +149,7 @@ def train(
     quiet: Annotated[bool, Opt(help="No progress bars: one log line per epoch.")] = False,
     overrides: dict[str, Any] | None = None,
 ) -> None:
-    """Train a matrix-factorisation recommender with auxiliary tasks and a gradient-aggregation method.
+    """Train a recommender (MF or STEM) with auxiliary tasks and a gradient-aggregation method.
 
     Per step, every task's gradient on the touched user/item rows is computed, the rows de-duplicated and
     the tasks' gradients combined by the method (PMTRec: Task Focusing + Gradient Magnitude Balancing),
