@@ -1,7 +1,7 @@
 """The run directory ``runs/<name>/`` and its checkpoints.
 
 ```
-config.json        resolved TrainConfig, data path + hash, package versions, device, back end
+config.json        resolved TrainConfig, data path + hash, package versions + source commit, device, back end
 metrics.parquet    one row per epoch: loss_<task>, weight_<task>, meet_fraction, main_weight_*@<group>,
                    valid_<metric>@K, wall_s, best
 user_weights.parquet  per user, the last finished epoch: n_train, mean main-task weight, steps it was touched

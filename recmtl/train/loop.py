@@ -8,7 +8,6 @@ exactly the batches the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from typing import Any, Protocol
 
 import torch
 
-import recmtl
 from recmtl.aggregators import State
 from recmtl.config import to_jsonable
 from recmtl.data.store import PreparedDataset, open_dataset
@@ -27,6 +25,7 @@ from recmtl.eval.ranking import rank_users
 from recmtl.kernels import KernelUnavailable, resolve_backend
 from recmtl.model import StemLayout, create_encoder
 from recmtl.model.base import Encoder, entity_of
+from recmtl.provenance import package_versions
 from recmtl.runs import (
     BEST,
     CONFIG,
@@ -127,19 +126,6 @@ def user_activity(data: TrainData) -> torch.Tensor:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and of every package a run depends on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "recmtl": recmtl.__version__, "torch": torch.__version__}
-    for name in ("numpy", "polars", "pyarrow", "safetensors", "scipy", "triton"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def kernel_backend(config: TrainConfig, device: torch.device) -> str:

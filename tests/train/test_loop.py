@@ -18,6 +18,7 @@ from recmtl.data.store import open_dataset, sha256_file
 from recmtl.data.tensors import TrainData
 from recmtl.errors import RecmtlError
 from recmtl.eval.run_eval import evaluate_run
+from recmtl.provenance import source_commit
 from recmtl.runs import load_tensors, read_run_config, save_tensors, upgrade_train_config
 from recmtl.tasks.bpr_tasks import SocialTask
 from recmtl.train import loop as loop_module
@@ -198,6 +199,7 @@ def test_config_json_records_options_data_hash_versions_device(tiny_data, tmp_pa
     assert saved["data"]["hash"] == open_dataset(tiny_data).data_hash
     assert saved["versions"]["torch"] == torch.__version__
     assert saved["versions"]["recmtl"] == recmtl.__version__
+    assert saved["versions"]["recmtl_commit"] == source_commit()
     assert saved["device"] == "cpu"
 
 
