@@ -109,15 +109,30 @@ def build_app(commands: tuple[str, ...] | None = None) -> Any:
 
 def _interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
     """``command``, which on entry hands Ctrl-C back to Python (KeyboardInterrupt, which the command
-    handles: it has started work it must clean up) from the exit-at-once handler of start-up and parsing."""
+    handles: it has started work it must clean up) from the exit-at-once handler of start-up and parsing,
+    and while it runs takes SIGTERM as Ctrl-C (:func:`_terminate_as_ctrl_c`)."""
 
     @functools.wraps(command)
     def entered(*args: Any, **kwargs: Any) -> Any:
         if getattr(signal.getsignal(signal.SIGINT), "exits_at_once", False):
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        return command(*args, **kwargs)
+        main_thread = threading.current_thread() is threading.main_thread()
+        before = signal.getsignal(signal.SIGTERM) if main_thread else None
+        if before == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminate_as_ctrl_c)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if before == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, before)
 
     return entered
+
+
+def _terminate_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM once a command runs (``kill``, a job scheduler's stop, a sweep run in the background, where
+    the shell ignores Ctrl-C) ends it as Ctrl-C does: whole epochs kept, one line, status 130."""
+    raise KeyboardInterrupt
 
 
 def _listed_only() -> None:

@@ -1,9 +1,11 @@
 """Safe to handle: atomic writes leave nothing behind (Ctrl-C included), --overwrite replaces only what recmtl
 wrote, Ctrl-C anywhere is one line and exit status 130 (start-up included), the interrupt of `train` says
-how to resume, `--version`, and usage errors on one line."""
+how to resume (SIGTERM too: a scheduler's stop, a background sweep), `--version`, and usage errors on one
+line."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -305,17 +307,25 @@ BUDGET_S = 30.0
 
 
 def sigint_after(
-    args: list[str], delay: float | None, cwd: Path, once: Path | None = None
+    args: list[str],
+    delay: float | None,
+    cwd: Path,
+    once: Path | None = None,
+    sig: signal.Signals = signal.SIGINT,
+    in_background: bool = False,
 ) -> tuple[int | None, str]:
-    """Run ``recmtl ARGS``, send SIGINT after ``delay`` s (None: shortly after the file ``once`` appears);
-    (None, "") if it had already ended by then."""
+    """Run ``recmtl ARGS``, send ``sig`` after ``delay`` s (None: shortly after the file ``once`` appears);
+    (None, "") if it had already ended by then. ``in_background``: started as a shell's background job is,
+    ignoring SIGINT."""
+    # (SIG_DFL even if pytest's parent ignores it)
+    ctrl_c = signal.SIG_IGN if in_background else signal.SIG_DFL
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # even if pytest's parent ignores it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, ctrl_c),
     )
     if delay is None:
         deadline = time.monotonic() + 120
@@ -324,7 +334,7 @@ def sigint_after(
     try:
         proc.wait(timeout=0.2 if delay is None else delay)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
         return proc.returncode, err
     proc.communicate()
@@ -392,3 +402,44 @@ def test_sigint_during_train_is_one_line_130_and_keeps_whole_epochs(data, tmp_pa
             assert not run.exists() or not any(run.iterdir())
             seen.add("start-up")
     assert {"start-up", "epochs kept"} <= seen
+
+
+def test_sigterm_during_train_ends_it_as_ctrl_c_does(data, tmp_path):
+    """A scheduler's stop or `kill`: whole epochs kept, one line saying how to resume, status 130."""
+    run = tmp_path / "runs" / "r"
+    long_run = ["--epochs", "100000", "--patience", "100000", "--name", "r", "--quiet"]
+    args = ["train", str(data), "--runs-dir", str(tmp_path / "runs"), *map(str, QUICK), *long_run]
+    code, err = sigint_after(args, None, tmp_path, once=run / "last.safetensors", sig=signal.SIGTERM)
+    assert_interrupted(code, err, delay=0)
+    last = load_tensors(run / "last.safetensors")[1]["loop"]["epoch"]
+    kept = "epoch 0 is kept" if last == 0 else f"epochs 0-{last} are kept"
+    assert f"{kept} in {run}; continue with: recmtl train --resume {run}" in err
+    assert leftovers(tmp_path) == []
+
+
+def test_sigterm_stops_a_background_sweep_and_its_workers(data, tmp_path):
+    """A sweep started in the background (Ctrl-C ignored) stops on SIGTERM: its workers end with it, the
+    cells they trained keep their epochs, and the same command continues them."""
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        f'data = "{data}"\nruns_dir = "{tmp_path / "runs"}"\nseeds = [0, 1]\n'
+        '[options]\naux = ["social"]\nepochs = 100000\npatience = 100000\ndim = 8\nbatch_size = 256\n'
+        'device = "cpu"\n[methods.ew]\n'
+    )
+    args = ["sweep", str(sweep), "--jobs", "2", "--quiet"]
+    first = tmp_path / "runs" / "ew-s0" / "last.safetensors"
+    code, err = sigint_after(args, None, tmp_path, once=first, sig=signal.SIGTERM, in_background=True)
+    assert_interrupted(code, err, delay=0)
+    assert "their last finished epochs are kept" in err and f"continue with: recmtl sweep {sweep}" in err
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    time.sleep(1.5)  # a worker left running would go on writing checkpoints and metrics
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()} == written
+    assert leftovers(tmp_path) == []
+    listing = subprocess.run(
+        [sys.executable, "-m", "cli.main", "sweep", str(sweep), "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "partial (resumes)" in listing.stdout, listing.stdout
