@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import polars as pl
+
 from recmtl.compare.instruments import ACTIVITY
 from recmtl.compare.table import Comparison
 from recmtl.data.store import atomic_write_text
@@ -190,12 +192,22 @@ def _md(text: str) -> str:
 
 def to_csv(c: Comparison) -> str:
     """The tidy summary: one row per group x metric (mean, std, change, p-values raw and Holm, best)."""
-    return c.summary.fill_nan(None).write_csv(float_precision=6)
+    return _csv(c.summary)
 
 
 def tests_csv(c: Comparison) -> str:
     """Every test: one row per group x metric x scope (seed S, pooled, seeds) x test."""
-    return c.tests.fill_nan(None).write_csv(float_precision=6)
+    return _csv(c.tests)
+
+
+def _csv(frame: pl.DataFrame) -> str:
+    """CSV text: values to 6 decimals, p-values (``p``, ``p_*``) to 6 significant digits, so that a p of
+    5.2e-11 is not written as 0.000000; NaN as empty."""
+    p_values = [c for c in frame.columns if c == "p" or c.startswith("p_")]
+    shown = frame.fill_nan(None).with_columns(
+        pl.col(c).map_elements(lambda p: f"{p:.6g}", return_dtype=pl.String) for c in p_values
+    )
+    return shown.write_csv(float_precision=6)
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
@@ -252,6 +264,6 @@ def write_reports(c: Comparison, out: Path) -> list[Path]:
         atomic_write_text(out / name, text)
         paths.append(out / name)
     if c.instruments.height:
-        atomic_write_text(out / INSTRUMENTS_FILE, c.instruments.fill_nan(None).write_csv(float_precision=6))
+        atomic_write_text(out / INSTRUMENTS_FILE, _csv(c.instruments))
         paths.append(out / INSTRUMENTS_FILE)
     return paths

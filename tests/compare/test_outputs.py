@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from recmtl.compare import compare, load_runs
-from recmtl.compare.report import to_csv, to_latex, to_markdown, write_reports
+from recmtl.compare.report import _csv, to_csv, to_latex, to_markdown, write_reports
 from tests.compare.conftest import make_run
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -37,6 +37,11 @@ def test_reports_match_the_golden_files(fixed_comparison, name, render):
     if os.environ.get("RECMTL_UPDATE_GOLDEN") == "1":
         path.write_text(text)
     assert text == path.read_text(), f"{name} differs from {path} (RECMTL_UPDATE_GOLDEN=1 to rewrite)"
+
+
+def test_csv_keeps_small_p_values_to_six_significant_digits():
+    frame = pl.DataFrame({"group": ["a"], "mean": [0.123456789], "p": [5.2e-11], "p_holm": [float("nan")]})
+    assert _csv(frame).splitlines() == ["group,mean,p,p_holm", "a,0.123457,5.2e-11,"]
 
 
 def test_latex_uses_booktabs_and_marks_the_best(fixed_comparison):
