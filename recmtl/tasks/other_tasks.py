@@ -81,9 +81,10 @@ def uniformity(x: Tensor) -> Tensor:
     x [n, D]; 0 (no pair) when n < 2.
 
     On unit rows ||a − b||² = 2 − 2 a·b, so the terms are exp(4 a·b − 4): one [n, n] Gram matrix (a matmul,
-    then exp in place), summed over every ordered pair, less the n diagonal terms, halved with the count.
-    About twice as fast as ``torch.pdist`` forward and backward at n = 2048 on CPU, where pdist's backward
-    dominated an align,uniform step; tests/train/test_task_losses.py holds it to the pairwise formula.
+    then exp in place) summed over the n(n − 1) ordered pairs a ≠ b (the whole matrix less its n diagonal
+    terms), twice the sum over distinct pairs, so divided by n(n − 1). About twice as fast as ``torch.pdist``
+    forward and backward at n = 2048 on CPU, where pdist's backward dominated an align,uniform step
+    (docs/performance.md); tests/train/test_task_losses.py holds it to the pairwise formula.
     """
     n = x.shape[0]
     if n < 2:
