@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -20,7 +21,7 @@ def package_versions() -> dict[str, str]:
     out = {
         "python": platform.python_version(),
         "recmtl": recmtl.__version__,
-        "recmtl_commit": source_commit(),
+        "recmtl_commit": _this_process_commit(),
         "torch": torch.__version__,
     }
     for name in DEPENDENCIES:
@@ -29,6 +30,13 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+@functools.cache
+def _this_process_commit() -> str:
+    """:func:`source_commit` once per process: the code a process runs is the code it imported, whatever
+    happens to the checkout afterwards (and a sweep's cells need not each ask git, ~20 ms)."""
+    return source_commit()
 
 
 def source_commit(root: Path | None = None) -> str:
