@@ -12,8 +12,8 @@ SHARED_DATA = Path(os.environ.get("RECMTL_SHARED_DATA", ROOT.parent / "shared" /
 FIXTURES = ROOT / "tests" / "fixtures"
 
 # rich fixes a Console's width from $COLUMNS when the Console is built, and the CLI builds its consoles when
-# cli._shell is first imported. Build them here, with no $COLUMNS, so that every test's env={"COLUMNS": ...}
-# applies whatever $COLUMNS the test process started with (pytest-xdist's workers, a narrow terminal).
+# cli._shell is first imported. Build them here with $COLUMNS removed, so that a test's env={"COLUMNS": ...}
+# sets the width whatever $COLUMNS the test process started with (pytest-xdist's workers, a narrow terminal).
 with pytest.MonkeyPatch.context() as _env:
     _env.delenv("COLUMNS", raising=False)
     import cli._shell  # noqa: E402, F401

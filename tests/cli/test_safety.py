@@ -419,7 +419,7 @@ def test_sigterm_during_train_ends_it_as_ctrl_c_does(data, tmp_path):
 
 def test_sigterm_stops_a_background_sweep_and_its_workers(data, tmp_path):
     """A sweep started in the background (Ctrl-C ignored) stops on SIGTERM: its workers end with it, the
-    cells they trained keep their epochs, and the same command continues them."""
+    cells they trained keep their epochs, and the same command lists them as resuming."""
     sweep = tmp_path / "s.toml"
     sweep.write_text(
         f'data = "{data}"\nruns_dir = "{tmp_path / "runs"}"\nseeds = [0, 1]\n'
