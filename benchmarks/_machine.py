@@ -8,7 +8,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,17 +18,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The checkout's short commit, ``+dirty`` when its library code has uncommitted changes (what a run's
+    config.json records, recmtl.provenance), or ``unknown``."""
+    from recmtl.provenance import source_commit
+
+    commit = source_commit()
+    return commit if commit == "unknown" else commit[:7] + commit[40:]
 
 
 def cpu_model() -> str:
