@@ -12,7 +12,7 @@ import torch
 
 from recmtl.data.tensors import Pairs, TrainData
 from recmtl.tasks import TASKS, TaskBatch, TaskOptions
-from recmtl.tasks.other_tasks import uniformity
+from recmtl.tasks.other_tasks import _GramExpSum, uniformity
 
 N_USERS, N_ITEMS, N_CATEGORIES = 5, 8, 3
 
@@ -352,6 +352,28 @@ def test_uniformity_gradient_matches_finite_differences():
     x = rows_of(14, 7, 3, torch.float64)
     (grad,) = torch.autograd.grad(uniformity(x), x)
     assert torch.allclose(grad, numeric_grad(ref_uniformity, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniformity_gradient_matches_autograd_through_the_plain_expression(dtype):
+    # the one-matmul backward against autograd through every pairwise distance, with duplicated rows
+    x = rows_of(15, 70, 6, dtype)
+    x = torch.cat([x, x[:4]]).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(uniformity(x), x)
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(x, dim=-1)
+        pairs = torch.triu_indices(len(x), len(x), offset=1)
+        sq = (unit[pairs[0]] - unit[pairs[1]]).pow(2).sum(-1)
+        return sq.mul(-2).exp().mean().log()
+
+    (expected,) = torch.autograd.grad(plain(x), x)
+    assert torch.allclose(grad, expected, **({"atol": 1e-6} if dtype == torch.float32 else {"atol": 1e-12}))
+
+
+def test_gram_exp_sum_passes_gradcheck():
+    x = rows_of(16, 9, 4, torch.float64).detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(_GramExpSum.apply, (x,))
 
 
 @pytest.mark.parametrize("n", [0, 1])
