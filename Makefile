@@ -107,11 +107,12 @@ reproduce-amazon-office: $(STAMP) ## every method x 3 seeds on Amazon Office: RA
 # PMTRec's own checks on Ciao (prepare it with reproduce-ciao first): sensitivity and readings.
 reproduce-pmtrec-ciao: $(STAMP) ## PMTRec ablation, alpha x tau sensitivity and [reading] options on Ciao -> results/pmtrec-*/
 	$(BIN)/recmtl sweep sweeps/pmtrec-ablation-ciao.toml --jobs $(JOBS) --quiet
-	$(BIN)/recmtl compare --sweep sweeps/pmtrec-ablation-ciao.toml --baseline pmtrec --out results/pmtrec-ablation-ciao
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-ablation-ciao.toml --baseline single --out results/pmtrec-ablation-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao.toml --out results/pmtrec-sensitivity-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-readings-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-readings-ciao.toml --baseline single --out results/pmtrec-readings-ciao
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-readings-ciao.toml --only ew,pmtrec --baseline ew --out results/pmtrec-readings-ciao/vs-ew --no-plots
 
 # STEM (--encoder stem) against matrix factorisation on Ciao and Last.fm (raw files as for reproduce-ciao /
 # reproduce-lastfm): sweeps/stem-*.toml, then compare against single with the aux-ratio breakdown.
