@@ -109,7 +109,7 @@ reproduce-pmtrec-ciao: $(STAMP) ## PMTRec ablation, alpha x tau sensitivity and 
 	$(BIN)/recmtl sweep sweeps/pmtrec-ablation-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-ablation-ciao.toml --baseline single --out results/pmtrec-ablation-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-ciao.toml --jobs $(JOBS) --quiet
-	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao.toml --out results/pmtrec-sensitivity-ciao
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao.toml --baseline ew --out results/pmtrec-sensitivity-ciao
 	$(BIN)/recmtl sweep sweeps/pmtrec-readings-ciao.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-readings-ciao.toml --baseline single --out results/pmtrec-readings-ciao
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-readings-ciao.toml --only ew,pmtrec --baseline ew --out results/pmtrec-readings-ciao/vs-ew --no-plots
