@@ -137,11 +137,13 @@ define pmtrec_study
 	    --out results/pmtrec-study-$(1)/vs-ew-$$1 --no-plots || exit 1; done
 endef
 
-reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's weights x combination under aligned sampling -> results/pmtrec-*/
+reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination where tasks meet -> results/pmtrec-*/
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
-	$(BIN)/recmtl sweep sweeps/pmtrec-aligned-lastfm.toml --jobs $(JOBS) --quiet
-	$(BIN)/recmtl compare --sweep sweeps/pmtrec-aligned-lastfm.toml --baseline ew --out results/pmtrec-aligned-lastfm
+	$(BIN)/recmtl sweep sweeps/pmtrec-combine-lastfm.toml --jobs $(JOBS) --quiet
+	for s in aligned au all; do \
+	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-combine-lastfm.toml --only ew-$$s,pmtrec-$$s --baseline ew \
+	    --out results/pmtrec-combine-lastfm/$$s --no-plots || exit 1; done
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/
