@@ -141,7 +141,7 @@ reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 see
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
 	$(BIN)/recmtl sweep sweeps/pmtrec-combine-lastfm.toml --jobs $(JOBS) --quiet
-	for s in aligned au all; do \
+	for s in independent aligned au all; do \
 	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-combine-lastfm.toml --only ew-$$s,pmtrec-$$s --baseline ew \
 	    --out results/pmtrec-combine-lastfm/$$s --no-plots || exit 1; done
 
