@@ -137,20 +137,22 @@ define pmtrec_study
 	    --out results/pmtrec-study-$(1)/vs-ew-$$1 --no-plots || exit 1; done
 endef
 
-# PMTRec's unit vs raw combination next to ew, per setting (sweeps/pmtrec-combine-DATASET.toml's
-# [methods.ew-SETTING] and [methods.pmtrec-SETTING]): $(call pmtrec_combine,DATASET,SETTINGS).
+# PMTRec's unit vs raw combination next to ew, per setting: $(call pmtrec_combine,DATASET,SETTINGS) with
+# SETTING:LABEL+LABEL... naming sweeps/pmtrec-combine-DATASET.toml's [methods.LABEL] tables compared in it
+# ('+': make's $(call) splits on commas).
 define pmtrec_combine
 	$(BIN)/recmtl sweep sweeps/pmtrec-combine-$(1).toml --jobs $(JOBS) --quiet
-	for s in $(2); do \
-	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-combine-$(1).toml --only ew-$$s,pmtrec-$$s --baseline ew \
-	    --out results/pmtrec-combine-$(1)/$$s --no-plots || exit 1; done
+	for s in $(2); do set -- $$(echo $$s | tr : ' '); \
+	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-combine-$(1).toml --only $$(echo $$2 | tr + ,) --baseline ew \
+	    --out results/pmtrec-combine-$(1)/$$1 --no-plots || exit 1; done
 endef
 
 reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination -> results/pmtrec-*/
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
-	$(call pmtrec_combine,ciao,independent aligned)
-	$(call pmtrec_combine,lastfm,independent aligned au all)
+	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned)
+	$(call pmtrec_combine,lastfm,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
+	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/
