@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _machine import append_results, print_machine  # noqa: E402
 
 from recmtl.aggregators import AGGREGATORS, StepInfo, make_aggregator  # noqa: E402
-from recmtl.aggregators.pmtrec import pmtrec_coefficients, pmtrec_task_weights  # noqa: E402
+from recmtl.aggregators.pmtrec import PMTRec, pmtrec_coefficients, pmtrec_task_weights  # noqa: E402
 from recmtl.data.pipeline import prepare  # noqa: E402
 from recmtl.data.recipes import load_recipe  # noqa: E402
 from recmtl.data.store import open_dataset  # noqa: E402
@@ -51,6 +51,8 @@ from recmtl.tasks import TaskOptions, build_tasks  # noqa: E402
 from recmtl.train.config import TrainConfig  # noqa: E402
 from recmtl.train.loop import build_training  # noqa: E402
 from recmtl.train.step import train_step  # noqa: E402
+
+PMTREC = PMTRec()  # the method's defaults, for the dense-Jacobian baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,8 +136,8 @@ def dense_reference_step(data: TrainData, aux: tuple[str, ...], batch: int, meth
             # PMTRec's weights on the flattened gradients (its pure formulas, defaults, epoch 3), then the
             # weighted sum of the T dense vectors, as a general multi-task library would compute them
             norms = torch.linalg.vector_norm(jac_t, dim=1).unsqueeze(0)  # [1, T]
-            weights = pmtrec_task_weights(norms, present, 3, alpha=1.1, tau=1.0)
-            c = pmtrec_coefficients(weights, norms)[0]
+            weights = pmtrec_task_weights(norms, present, 3, alpha=PMTREC.alpha, tau=PMTREC.tau)
+            c = pmtrec_coefficients(weights, norms, PMTREC.combine)[0]
         else:  # the method's weights on the dense Jacobian, as a general library applies it
             losses = torch.stack([loss.detach() for loss in losses])
             info = StepInfo(epoch=3, step=carried["step"], mode="global", losses=losses, generator=sampler)

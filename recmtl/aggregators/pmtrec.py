@@ -18,10 +18,14 @@ For a row r with active (present) tasks A, task gradients G_t = G[r, t], norms n
    Note that with ``focus="norm"`` p_0 → 1 as s grows, so w_0 tends to ``e^{1/τ} / (e^{1/τ} + |A| − 1)``
    (≈ 0.73 for τ = 1 and two tasks), not to 1; ``focus="logit"`` drives w_0 → 1 for any τ.
 3. Combination — ``combine`` [reading]:
-   - ``"unit"`` (default): ``g_r = (Σ_t w_t G_t / n_t) · (Σ_t w_t n_t)``, i.e. coefficients
+   - ``"raw"`` (default): ``g_r = Σ_t w_t G_t``, coefficients ``c_t = w_t``.
+   - ``"unit"`` (METHODS.md §4's default): ``g_r = (Σ_t w_t G_t / n_t) · (Σ_t w_t n_t)``, i.e. coefficients
      ``c_t = w_t · (Σ_k w_k n_k) / n_t`` (c_t = 0 when n_t = 0). The scale uses the *un-boosted* norms.
-     A row touched only by the main task keeps exactly its gradient (c_0 = 1).
-   - ``"raw"``: ``c_t = w_t``.
+   Either way a row touched only by the main task keeps exactly its gradient (w_0 = c_0 = 1). ``raw`` is
+   the default because the study showed it (docs/training.md, docs/results.md § PMTRec's combination):
+   where tasks meet on a row, ``unit`` rescales every task's gradient to the weighted mean norm, which
+   costs PMTRec 13-40% NDCG@20 against EW on Last.fm, while ``raw`` is ahead of EW there; where tasks
+   seldom meet the two are level.
 
 Norm source — ``norm_source`` [reading] (METHODS.md §4.5):
 
@@ -80,7 +84,7 @@ from recmtl.aggregators.base import (
     option,
 )
 
-COMBINE = ("unit", "raw")
+COMBINE = ("raw", "unit")
 FOCUS = ("norm", "logit")
 BALANCE = ("softmax", "uniform")
 NORM_SOURCE = ("step", "ema")
@@ -118,7 +122,7 @@ def pmtrec_task_weights(
     return masked_softmax(logits, present)
 
 
-def pmtrec_coefficients(w: Tensor, norms: Tensor, combine: str = "unit") -> Tensor:
+def pmtrec_coefficients(w: Tensor, norms: Tensor, combine: str) -> Tensor:
     """Step 3: coefficients c [R, T] such that update = Σ_t c_t G_t.
 
     "unit": c_t = w_t · (Σ_k w_k n_k) / n_t, 0 where n_t = 0 (written as (w_t S) / n_t so a zero weight
@@ -157,7 +161,7 @@ def update_norm_ema(ema: Tensor, norms: Tensor, present: Tensor, beta: float) ->
     return torch.where(present & torch.isfinite(n), moved, ema)
 
 
-def pmtrec_present_coefficients(w: Tensor, norms: Tensor, present: Tensor, combine: str = "unit") -> Tensor:
+def pmtrec_present_coefficients(w: Tensor, norms: Tensor, present: Tensor, combine: str) -> Tensor:
     """Step 3 with weights ``w`` [R, T] over more tasks than the ``present`` ones [R, T] (norm_source ema):
     ``unit``: c_t = w_t · S_A / n_t with S_A = Σ_{k∈A} w_k n_k / Σ_{k∈A} w_k; ``raw``: c_t = w_t; 0 for
     absent tasks (and, in ``unit``, where n_t = 0). Equals :func:`pmtrec_coefficients` when w sums to 1 over
@@ -179,7 +183,7 @@ class PMTRec(Aggregator):
     tau: float = option(
         1.0, low=0.0, high=100.0, low_open=True, help="softmax temperature τ (large: uniform; grid 0.1-10)"
     )
-    combine: str = option("unit", choices=COMBINE, help="[reading] unit directions × weighted norm, or raw")
+    combine: str = option("raw", choices=COMBINE, help="[reading] raw Σ w·G, or unit directions × mean norm")
     focus: str = option("norm", choices=FOCUS, help="[reading] boost the main task's norm, or its logit")
     balance: str = option(
         "softmax", choices=BALANCE, help="ablation: softmax (GMB) or uniform w = 1/|A| (no GMB, no focusing)"

@@ -55,7 +55,8 @@ def test_aggregators_are_frozen_and_hashable():
 
 
 def test_defaults_follow_the_spec():
-    assert PMTRec() == PMTRec(alpha=1.1, tau=1.0, combine="unit", focus="norm", main_task=0)
+    # METHODS.md §4's defaults, except `combine`: raw, the reading the study supports (docs/training.md)
+    assert PMTRec() == PMTRec(alpha=1.1, tau=1.0, combine="raw", focus="norm", main_task=0)
     assert EW.fixed_weights and Single.fixed_weights and not PMTRec.fixed_weights
     assert torch.equal(EW().fixed_task_weights(3), torch.ones(3))
     assert torch.equal(Single().fixed_task_weights(3), torch.tensor([1.0, 0.0, 0.0]))

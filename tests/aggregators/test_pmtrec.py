@@ -34,7 +34,7 @@ GOLDEN = [
     #    = 0.464346, w1 = 0.535654; S = Σ w n = 3 w0 + 4 w1 = 3.535654;
     #    c_t = w_t S / n_t = (0.547256, 0.473471); update = (w0 S, w1 S) = (1.641768, 1.893886).
     (
-        dict(alpha=1.0, tau=1.0),
+        dict(alpha=1.0, tau=1.0, combine="unit"),
         [[3.0, 0.0], [0.0, 4.0]],
         0,
         (1 / (1 + E(1 / 7)), E(1 / 7) / (1 + E(1 / 7))),
@@ -54,7 +54,7 @@ GOLDEN = [
     #    w0 = 1 / (1 + e^{p1 - p0}) = 0.487879; S = 3 w0 + 4 w1 = 3.512121 (un-boosted norms);
     #    update = (w0 S, w1 S) = (1.713491, 1.798630).
     (
-        dict(alpha=1.1, tau=1.0),
+        dict(alpha=1.1, tau=1.0, combine="unit"),
         [[3.0, 0.0], [0.0, 4.0]],
         2,
         (0.487879177, 0.512120823),
@@ -64,7 +64,7 @@ GOLDEN = [
     # 4. τ = 0.5: logits p/τ = (6/7, 8/7), w0 = 1 / (1 + e^{2/7}) = 0.429053; S = 3.570947;
     #    update = (1.532127, 2.038820).
     (
-        dict(alpha=1.0, tau=0.5),
+        dict(alpha=1.0, tau=0.5, combine="unit"),
         [[3.0, 0.0], [0.0, 4.0]],
         0,
         (0.429053403, 0.570946597),
@@ -74,7 +74,7 @@ GOLDEN = [
     # 5. logit focus, α = 2, s = 1: p = (3/7, 4/7) from raw norms, logits (3/7 + ln 2, 4/7),
     #    w0 = 2 e^{3/7} / (2 e^{3/7} + e^{4/7}) = 0.634203; S = 3.365797; update = (2.134598, 1.231199).
     (
-        dict(alpha=2.0, tau=1.0, focus="logit"),
+        dict(alpha=2.0, tau=1.0, focus="logit", combine="unit"),
         [[3.0, 0.0], [0.0, 4.0]],
         1,
         (0.634202879, 0.365797121),
@@ -85,7 +85,7 @@ GOLDEN = [
     #    w ∝ (e^{3/7}, 1, e^{4/7}) = (0.356506, 0.232242, 0.411253); S = 3 w0 + 4 w2 = 2.714527;
     #    c = (w0 S / 3, 0, w2 S / 4); update = (w0 S, w2 S) = (0.967745, 1.116356).
     (
-        dict(alpha=1.0, tau=1.0),
+        dict(alpha=1.0, tau=1.0, combine="unit"),
         [[3.0, 0.0], [0.0, 0.0], [0.0, 4.0]],
         0,
         (0.356505724, 0.232241753, 0.411252523),
@@ -93,7 +93,7 @@ GOLDEN = [
         (0.967744508, 1.116356188),
     ),
     # 7. equal norms (5 and 5, non-orthogonal): p = (1/2, 1/2), w = (1/2, 1/2), S = 5, c = (1/2, 1/2):
-    #    update = mean of G0 = (3, 4) and G1 = (5, 0) = (4, 2).
+    #    update = mean of G0 = (3, 4) and G1 = (5, 0) = (4, 2) (raw, the default; unit agrees here).
     (dict(alpha=1.0, tau=1.0), [[3.0, 4.0], [5.0, 0.0]], 0, (0.5, 0.5), (0.5, 0.5), (4.0, 2.0)),
 ]
 
@@ -111,7 +111,7 @@ def test_golden_first_case_closed_form():
     """Case 1 again, straight from the formulas, so the literals above are checkable."""
     w0 = E(3 / 7) / (E(3 / 7) + E(4 / 7))
     s = 3 * w0 + 4 * (1 - w0)
-    out = aggregate([[3.0, 0.0], [0.0, 4.0]], alpha=1.0)
+    out = aggregate([[3.0, 0.0], [0.0, 4.0]], alpha=1.0, combine="unit")
     torch.testing.assert_close(out.update[0], torch.tensor([w0 * s, (1 - w0) * s], dtype=torch.float64))
 
 
@@ -250,7 +250,7 @@ def test_tiny_norms_do_not_overflow():
     grads[:, 0, 0] = 1e18  # main norm 1e18
     grads[0, 1, 1] = 1e-22  # aux norm barely representable: S / n1 ≈ 1e40 overflows float32
     grads[1, 1, 1] = 1e-30  # underflows in the norm: treated as a zero gradient
-    out = PMTRec(alpha=1.0)(grads, torch.ones(2, 2, dtype=torch.bool), {}, StepInfo())
+    out = PMTRec(alpha=1.0, combine="unit")(grads, torch.ones(2, 2, dtype=torch.bool), {}, StepInfo())
     assert torch.isfinite(out.update).all() and torch.isfinite(out.coefficients).all()
     assert out.coefficients[1, 1] == 0
 
@@ -347,7 +347,7 @@ def test_uniform_balance_gives_equal_weights_whatever_the_focus():
     c_t = (1/|A|) · (Σ_k n_k / |A|) / n_t (combine=unit), and α^epoch changes nothing."""
     grads = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]], [[0.0, 2.0], [9.0, 9.0], [6.0, 8.0]]])
     present = torch.tensor([[True, True, False], [True, False, True]])
-    agg = PMTRec(balance="uniform", alpha=1.5)
+    agg = PMTRec(balance="uniform", alpha=1.5, combine="unit")
     for epoch in (0, 7):
         out = agg(grads, present, {}, StepInfo(epoch=epoch))
         norms = torch.tensor([[5.0, 1.0, 0.0], [2.0, 0.0, 10.0]])

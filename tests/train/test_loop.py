@@ -186,7 +186,7 @@ def test_config_json_records_options_data_hash_versions_device(tiny_data, tmp_pa
         "name": "pmtrec",
         "alpha": 1.3,
         "tau": 0.5,
-        "combine": "unit",
+        "combine": "raw",
         "focus": "norm",
         "balance": "softmax",
         "main_task": 0,
