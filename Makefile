@@ -150,7 +150,8 @@ endef
 reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination -> results/pmtrec-*/
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
-	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned)
+	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
+	  au:ew-au+pmtrec-au)
 	$(call pmtrec_combine,lastfm,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
 	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
 
