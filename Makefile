@@ -123,28 +123,31 @@ reproduce-stem: $(STAMP) ## STEM vs MF (single, ew, pmtrec; stem+ew, stem+pmtrec
 	$(BIN)/recmtl compare --sweep sweeps/stem-ciao.toml --baseline single --buckets aux-ratio --out results/stem-ciao
 	$(BIN)/recmtl sweep sweeps/stem-lastfm.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/stem-lastfm.toml --baseline single --buckets aux-ratio --out results/stem-lastfm
+# Each setting's pmtrec against the ew of the same tasks and sampling: $(call compare_settings,SWEEP,OUT,SETTINGS)
+# with SETTINGS = SETTING:LABEL+LABEL... naming sweeps/SWEEP.toml's [methods.LABEL] tables compared in
+# SETTING ('+': make's $(call) splits on commas), written to results/OUTSETTING.
+define compare_settings
+	for s in $(3); do set -- $$(echo $$s | tr : ' '); \
+	  $(BIN)/recmtl compare --sweep sweeps/$(1).toml --only $$(echo $$2 | tr + ,) --baseline ew \
+	    --out results/$(2)$$1 --no-plots || exit 1; done
+endef
+
 # Where tasks meet: --aux-sampling x PMTRec's norm_source x three auxiliary-task sets, on Ciao and Last.fm
 # (prepare them with reproduce-ciao and reproduce-lastfm first). Everything against single, then each
-# setting's pmtrec against the ew of the same tasks and sampling: SETTING:EW_TABLE:PMTREC_TABLE, the
-# sweep's [methods.LABEL] tables (tests/sweeps/test_shipped_sweeps.py holds each pair to one setting).
-PMTREC_STUDY_SETTINGS = independent:ew:pmtrec aligned:ew-aligned:pmtrec-aligned au:ew-au:pmtrec-au \
-	all:ew-all:pmtrec-all all-aligned:ew-all-aligned:pmtrec-all-aligned
+# setting's pmtrec against its ew: SETTING:EW_TABLE+PMTREC_TABLE (tests/sweeps/test_shipped_sweeps.py holds
+# each pair to one setting).
+PMTREC_STUDY_SETTINGS = independent:ew+pmtrec aligned:ew-aligned+pmtrec-aligned au:ew-au+pmtrec-au \
+	all:ew-all+pmtrec-all all-aligned:ew-all-aligned+pmtrec-all-aligned
 define pmtrec_study
 	$(BIN)/recmtl sweep sweeps/pmtrec-study-$(1).toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --baseline single --out results/pmtrec-study-$(1)/vs-single
-	for s in $(PMTREC_STUDY_SETTINGS); do set -- $$(echo $$s | tr : ' '); \
-	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-study-$(1).toml --only $$2,$$3 --baseline ew \
-	    --out results/pmtrec-study-$(1)/vs-ew-$$1 --no-plots || exit 1; done
+	$(call compare_settings,pmtrec-study-$(1),pmtrec-study-$(1)/vs-ew-,$(PMTREC_STUDY_SETTINGS))
 endef
 
-# PMTRec's unit vs raw combination next to ew, per setting: $(call pmtrec_combine,DATASET,SETTINGS) with
-# SETTING:LABEL+LABEL... naming sweeps/pmtrec-combine-DATASET.toml's [methods.LABEL] tables compared in it
-# ('+': make's $(call) splits on commas).
+# PMTRec's unit vs raw combination next to ew, per setting (SETTINGS as for compare_settings).
 define pmtrec_combine
 	$(BIN)/recmtl sweep sweeps/pmtrec-combine-$(1).toml --jobs $(JOBS) --quiet
-	for s in $(2); do set -- $$(echo $$s | tr : ' '); \
-	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-combine-$(1).toml --only $$(echo $$2 | tr + ,) --baseline ew \
-	    --out results/pmtrec-combine-$(1)/$$1 --no-plots || exit 1; done
+	$(call compare_settings,pmtrec-combine-$(1),pmtrec-combine-$(1)/,$(2))
 endef
 
 reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination -> results/pmtrec-*/

@@ -95,10 +95,11 @@ def test_pmtrec_study_sweeps_cover_the_design_without_duplicate_runs(name):
 
 
 def _makefile_settings() -> list[tuple[str, str, str]]:
-    """PMTREC_STUDY_SETTINGS of the Makefile: (setting, ew table, pmtrec table)."""
+    """PMTREC_STUDY_SETTINGS of the Makefile (SETTING:EW+PMTREC ...): (setting, ew table, pmtrec table)."""
     text = (SWEEPS.parent / "Makefile").read_text().replace("\\\n", " ")
     line = next(x for x in text.splitlines() if x.startswith("PMTREC_STUDY_SETTINGS"))
-    return [tuple(item.split(":")) for item in line.split("=", 1)[1].split()]
+    settings = [item.split(":") for item in line.split("=", 1)[1].split()]
+    return [(setting, *tables.split("+")) for setting, tables in settings]
 
 
 def test_each_pmtrec_study_setting_of_the_makefile_pairs_pmtrec_with_the_ew_of_its_setting():
