@@ -154,7 +154,7 @@ reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 see
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
 	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
-	  au:ew-au+pmtrec-au all:ew-all+pmtrec-all)
+	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
 	$(call pmtrec_combine,lastfm,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
 	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
 
