@@ -89,12 +89,28 @@ def _replaceable(directory: Path) -> bool:
     return isinstance(manifest, dict) and "tables" in manifest and "counts" in manifest
 
 
+def temporary_sibling(path: Path, pid: int | None = None) -> Path:
+    """The temporary file :func:`atomic_file` writes before renaming it to ``path``, in process ``pid``
+    (default: this one)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.tmp-{os.getpid() if pid is None else pid}"
+
+
+def remove_temporaries(directory: Path, pid: int) -> list[Path]:
+    """Remove the temporary files that process ``pid`` left in ``directory`` (one killed before its
+    :func:`atomic_file` could clean up); return them."""
+    left = sorted(Path(directory).glob(temporary_sibling(Path("*"), pid).name))
+    for path in left:
+        path.unlink(missing_ok=True)
+    return left
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it into place when the block ends, or remove
     it on any exception (KeyboardInterrupt included): ``path`` is either its old or its new content."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = temporary_sibling(path)
     try:
         yield tmp
         tmp.replace(path)

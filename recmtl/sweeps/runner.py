@@ -15,9 +15,10 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from recmtl.data.store import open_dataset
+from recmtl.data.store import open_dataset, remove_temporaries
 from recmtl.errors import RecmtlError, TrainingInterrupted
 from recmtl.eval.run_eval import EvalReport, evaluate_run
 from recmtl.runs import CONFIG
@@ -165,22 +166,29 @@ def _run_parallel(
     except KeyboardInterrupt:
         # (a future counts as running once queued for a worker: the cells with a run directory started)
         running = [futures[f] for f in futures if not f.done() and cell_status(futures[f]) == "partial"]
-        _stop(executor)
+        _stop(executor, [c.run_dir for c in running])
         raise SweepInterrupted(sweep, running, "their last finished epochs are kept") from None
     executor.shutdown(wait=True)
     return [by_name[c.name] for c in todo]
 
 
-def _stop(executor: cf.ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the workers now (a checkpoint is written atomically, so a
-    worker killed mid-epoch leaves its last finished epoch to resume from)."""
+def _stop(executor: cf.ProcessPoolExecutor, run_dirs: list[Path], grace_s: float = 10.0) -> None:
+    """Cancel what has not started and end the workers now. A worker takes SIGTERM as :class:`_Stopped`,
+    which unwinds its cell (an atomic write in progress removes its temporary file; the last checkpoint
+    is whole, so the cell resumes from its last finished epoch); one still alive after ``grace_s`` (inside
+    a long native call) is killed, and the temporary files it may have left in ``run_dirs`` are removed."""
     processes = list((getattr(executor, "_processes", None) or {}).values())
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
-        process.join(timeout=10)
+        process.join(timeout=grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        for run_dir in run_dirs:
+            remove_temporaries(run_dir, process.pid)
 
 
 def _cores() -> int:
@@ -188,6 +196,16 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (not on Linux)
         return os.cpu_count() or 1
+
+
+class _Stopped(BaseException):
+    """SIGTERM in a worker while it runs a cell (the main process ending it, :func:`_stop`). Not a
+    KeyboardInterrupt, so no handler of the cell's turns it into an outcome: it unwinds the cell to
+    :func:`_worker_run`. An idle worker keeps the default SIGTERM and ends at once."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 def _init_worker(threads: int) -> None:
@@ -199,11 +217,18 @@ def _init_worker(threads: int) -> None:
 
 
 def _worker_run(cell: Cell) -> tuple[float, str | None]:
+    """Run one cell in a worker: (seconds, one-line error or None). Stopped, the worker exits at once
+    (status 128 + SIGTERM) once the cell has unwound, rather than waiting for the pool's next cell."""
     start = time.perf_counter()
+    idle = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         run_cell(cell)
     except RecmtlError as exc:
         return time.perf_counter() - start, str(exc)
+    except _Stopped:
+        os._exit(128 + signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, idle)
     return time.perf_counter() - start, None
 
 

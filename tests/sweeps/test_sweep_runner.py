@@ -1,13 +1,20 @@
-"""Running a sweep: status transitions, skipping done cells, resuming an interrupted one, parallel jobs."""
+"""Running a sweep: status transitions, skipping done cells, resuming an interrupted one, parallel jobs,
+and stopping its workers."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 
+from recmtl.data.store import atomic_file, remove_temporaries, temporary_sibling
 from recmtl.errors import RecmtlError
-from recmtl.sweeps import load_sweep
+from recmtl.sweeps import load_sweep, runner
 from recmtl.sweeps.runner import SweepInterrupted, cell_status, run_cell, run_sweep
 from tests.sweeps.conftest import QUICK_OPTIONS, write_sweep
 from tests.train.conftest import Interrupt
@@ -105,3 +112,40 @@ def test_parallel_jobs_give_the_same_metrics(tmp_path, sweep_data):
 def test_jobs_must_be_positive(tmp_path, sweep_data):
     with pytest.raises(RecmtlError, match="--jobs 0"):
         run_sweep(make_sweep(tmp_path, sweep_data), jobs=0)
+
+
+def _write_metrics_then_sigterm(path: Path) -> None:
+    """In a forked worker: a cell whose atomic write of ``path`` is cut by the sweep's SIGTERM."""
+
+    def cell_writing(cell):
+        with atomic_file(path) as tmp:
+            tmp.write_text("half an epoch's metrics")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal is handled before this returns
+            tmp.write_text("reached only if SIGTERM was ignored")
+
+    runner.run_cell = cell_writing
+    runner._worker_run(None)
+
+
+def test_a_worker_stopped_mid_write_leaves_no_temporary_file_and_exits(tmp_path):
+    """The sweep's stop reaches a worker inside an atomic write (the race CI once lost: a
+    .metrics.parquet.tmp-PID left behind): the write is unwound, the old file kept, the worker ends."""
+    path = tmp_path / "metrics.parquet"
+    path.write_text("the last finished epoch's metrics")
+    worker = multiprocessing.get_context("fork").Process(target=_write_metrics_then_sigterm, args=(path,))
+    worker.start()
+    worker.join(timeout=30)
+    assert worker.exitcode == 128 + signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.parquet"]
+    assert path.read_text() == "the last finished epoch's metrics"
+
+
+def test_remove_temporaries_takes_only_that_process_files(tmp_path):
+    for name in (".metrics.parquet.tmp-123", ".last.safetensors.tmp-123", ".metrics.parquet.tmp-1234"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "metrics.parquet").write_text("kept")
+    removed = remove_temporaries(tmp_path, 123)
+    assert [p.name for p in removed] == [".last.safetensors.tmp-123", ".metrics.parquet.tmp-123"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".metrics.parquet.tmp-1234", "metrics.parquet"]
+    assert temporary_sibling(tmp_path / "metrics.parquet", 1234).name == ".metrics.parquet.tmp-1234"
