@@ -149,3 +149,37 @@ def test_remove_temporaries_takes_only_that_process_files(tmp_path):
     assert [p.name for p in removed] == [".last.safetensors.tmp-123", ".metrics.parquet.tmp-123"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".metrics.parquet.tmp-1234", "metrics.parquet"]
     assert temporary_sibling(tmp_path / "metrics.parquet", 1234).name == ".metrics.parquet.tmp-1234"
+
+
+def _ignore_sigterm_and_leave_a_temporary(directory: Path, ready) -> None:
+    """A worker stuck where SIGTERM cannot reach it (as inside a long native call), mid-write."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    temporary_sibling(directory / "last.safetensors").write_text("half a checkpoint")
+    ready.set()
+    time.sleep(60)
+
+
+class _Pool:
+    """What :func:`runner._stop` uses of a ProcessPoolExecutor: its worker processes and shutdown."""
+
+    def __init__(self, processes):
+        self._processes = {p.pid: p for p in processes}
+        self.shut_down = False
+
+    def shutdown(self, wait, cancel_futures):
+        self.shut_down = not wait and cancel_futures
+
+
+def test_stop_kills_a_worker_that_outlives_the_grace_and_removes_its_temporaries(tmp_path):
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_ignore_sigterm_and_leave_a_temporary, args=(tmp_path, ready))
+    worker.start()
+    assert ready.wait(timeout=30)
+    (tmp_path / "last.safetensors").write_text("the last finished epoch")
+    pool = _Pool([worker])
+    started = time.monotonic()
+    runner._stop(pool, [tmp_path], grace_s=0.5)
+    assert pool.shut_down and not worker.is_alive() and worker.exitcode == -signal.SIGKILL
+    assert time.monotonic() - started < 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors"]
