@@ -150,7 +150,7 @@ define pmtrec_combine
 	$(call compare_settings,pmtrec-combine-$(1),pmtrec-combine-$(1)/,$(2))
 endef
 
-reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination -> results/pmtrec-*/
+reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination; Last.fm alpha x tau -> results/pmtrec-*/
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
 	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
@@ -160,6 +160,8 @@ reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 see
 	  runs/sweeps/pmtrec-combine-ciao/pmtrec-all-s? --baseline single --out results/pmtrec-combine-ciao/vs-single
 	$(call pmtrec_combine,lastfm,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
 	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
+	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-lastfm.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-lastfm.toml --baseline ew --out results/pmtrec-sensitivity-lastfm
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/
