@@ -166,7 +166,7 @@ def _run_parallel(
     except KeyboardInterrupt:
         # (a future counts as running once queued for a worker: the cells with a run directory started)
         running = [futures[f] for f in futures if not f.done() and cell_status(futures[f]) == "partial"]
-        _stop(executor, [c.run_dir for c in running])
+        _stop(executor, [futures[f].run_dir for f in futures if not f.done()])  # (started or not)
         raise SweepInterrupted(sweep, running, "their last finished epochs are kept") from None
     executor.shutdown(wait=True)
     return [by_name[c.name] for c in todo]
