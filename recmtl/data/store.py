@@ -43,7 +43,7 @@ def atomic_directory(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = temporary_sibling(out)
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
