@@ -22,6 +22,7 @@ from recmtl.data.store import PreparedDataset, open_dataset
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import ConfigError, RecmtlError, TrainingInterrupted
 from recmtl.eval.ranking import rank_users
+from recmtl.interrupts import deferred_interrupts
 from recmtl.kernels import KernelUnavailable, resolve_backend
 from recmtl.model import StemLayout, create_encoder
 from recmtl.model.base import Encoder, entity_of
@@ -236,7 +237,8 @@ def fit(
         loop, agg_state = _restore(run_dir, model, plan, agg_state)
         # last.safetensors is written before metrics.parquet: after a crash between the two the table is
         # an epoch short, and the checkpoint's history is the complete one
-        write_metrics(run_dir, loop["history"])
+        with deferred_interrupts():
+            write_metrics(run_dir, loop["history"])
     elif not resume:  # (a run interrupted before its first epoch ended has nothing to restore)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / CONFIG, meta)
@@ -279,13 +281,14 @@ def fit(
             record["wall_s"] = time.perf_counter() - start
             loop["epoch"] = epoch
             loop["history"].append(record)
-            if improved:
-                best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
-                save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
-            # (before last.safetensors: a crash in between reruns this epoch, which rewrites it)
-            write_user_weights(run_dir, instruments.user_frame(user_activity(data), epoch))
-            _save_last(run_dir, model, plan, loop, agg_state)
-            write_metrics(run_dir, loop["history"])  # (a resume rewrites it if this write is cut short)
+            with deferred_interrupts():  # (Ctrl-C inside polars' native code could be swallowed by it)
+                if improved:
+                    best_meta = {"epoch": epoch, "metric": config.select_metric, "value": loop["best_value"]}
+                    save_tensors(run_dir / BEST, model.state_tensors(), best_meta)
+                # (before last.safetensors: a crash in between reruns this epoch, which rewrites it)
+                write_user_weights(run_dir, instruments.user_frame(user_activity(data), epoch))
+                _save_last(run_dir, model, plan, loop, agg_state)
+                write_metrics(run_dir, loop["history"])  # (a resume rewrites it if this write is cut short)
             callbacks.on_epoch_end(record)
             if loop["bad_evals"] >= config.patience:
                 stopped_early = True

@@ -4,6 +4,7 @@ reports (where it restarts) and what an interrupt says is kept."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import polars as pl
@@ -200,3 +201,27 @@ def test_a_new_run_refuses_a_directory_that_is_not_a_run(full_run, tmp_path):
     assert (tmp_path / "afile").read_text() == "mine"
     (tmp_path / "empty").mkdir()
     assert len(fit(quick_config(config.data, epochs=1), tmp_path / "empty").history) == 1
+
+
+def test_a_real_ctrl_c_during_the_writes_lets_the_epoch_finish_writing(full_run, tmp_path, monkeypatch):
+    """A SIGINT that arrives while the end-of-epoch writes run (polars' native code once swallowed it) is
+    held until they are done: the epoch is kept whole, and the interrupt still ends the run."""
+    config, _ = full_run
+    real_save = loop_module.save_tensors
+
+    def save_tensors(path, tensors, meta):
+        if Path(path).name == BEST and meta["epoch"] == 1:
+            signal.raise_signal(signal.SIGINT)
+        real_save(path, tensors, meta)
+
+    monkeypatch.setattr(loop_module, "save_tensors", save_tensors)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(TrainingInterrupted) as err:
+            fit(config, tmp_path / "r")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert err.value.last_epoch == 1
+    assert load_tensors(tmp_path / "r" / BEST)[1]["epoch"] == 1
+    assert pl.read_parquet(tmp_path / "r" / "metrics.parquet").height == 2
+    assert leftovers(tmp_path / "r") == []
