@@ -18,6 +18,7 @@ from recmtl.data.store import atomic_file, open_dataset, sha256_file
 from recmtl.data.tensors import TrainData, split_targets
 from recmtl.errors import RecmtlError
 from recmtl.eval.ranking import RankingResult, rank_users
+from recmtl.interrupts import deferred_interrupts
 from recmtl.model import StemLayout, load_encoder
 from recmtl.runs import BEST, load_tensors, read_run_config, write_json
 from recmtl.tasks import TASKS
@@ -108,18 +109,20 @@ def evaluate_run(
         device=str(device),
     )
     if write:
-        write_json(run_dir / "metrics.json", report.to_json())
-        n_train = torch.bincount(data.train.a, minlength=data.n_users)
-        frame = pl.DataFrame(
-            {
-                "user_id": result.user_ids.numpy().astype("int32"),
-                "n_train": n_train[result.user_ids].numpy().astype("int32"),
-                "n_pos": result.n_pos.numpy().astype("int32"),
-            }
-            | {name: values.numpy() for name, values in result.per_user.items()}
-        )
-        with atomic_file(run_dir / "per_user.parquet") as tmp:
-            frame.write_parquet(tmp)
+        # metrics.json last: it marks the run evaluated (a sweep's cell done), so per_user.parquet is there
+        with deferred_interrupts():  # (Ctrl-C inside polars' native code could be swallowed by it)
+            n_train = torch.bincount(data.train.a, minlength=data.n_users)
+            frame = pl.DataFrame(
+                {
+                    "user_id": result.user_ids.numpy().astype("int32"),
+                    "n_train": n_train[result.user_ids].numpy().astype("int32"),
+                    "n_pos": result.n_pos.numpy().astype("int32"),
+                }
+                | {name: values.numpy() for name, values in result.per_user.items()}
+            )
+            with atomic_file(run_dir / "per_user.parquet") as tmp:
+                frame.write_parquet(tmp)
+            write_json(run_dir / "metrics.json", report.to_json())
     return report, result
 
 

@@ -456,6 +456,26 @@ def test_evaluate_writes_metrics_json_and_per_user(trained_run, tiny_data):
         assert per_user[key].mean() == pytest.approx(value)
 
 
+def test_evaluation_writes_metrics_json_last(trained_run, tmp_path, monkeypatch):
+    """metrics.json marks a run evaluated (a sweep skips the cell): a failure while per_user.parquet is
+    written must not leave it behind."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    for name in ("metrics.json", "per_user.parquet"):
+        (run / name).unlink(missing_ok=True)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", fail)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_run(run, split="test", ks=(20,), device="cpu")
+    assert not (run / "metrics.json").exists() and not (run / "per_user.parquet").exists()
+    monkeypatch.undo()
+    evaluate_run(run, split="test", ks=(20,), device="cpu")
+    assert (run / "metrics.json").is_file() and (run / "per_user.parquet").is_file()
+
+
 def test_test_evaluation_masks_train_and_valid_items(trained_run, tiny_data):
     run, _ = trained_run
     evaluate_run(run, split="test", ks=(10, 20, 40), device="cpu")
