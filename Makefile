@@ -154,12 +154,15 @@ reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 see
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
 	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
-	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
+	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform \
+	  au-readings:ew-au+pmtrec-au+pmtrec-au-logit+pmtrec-au-alpha1)
 	$(BIN)/recmtl compare runs/sweeps/pmtrec-study-ciao/single-s? runs/sweeps/pmtrec-combine-ciao/ew-au-s? \
 	  runs/sweeps/pmtrec-combine-ciao/ew-all-s? runs/sweeps/pmtrec-combine-ciao/pmtrec-au-s? \
 	  runs/sweeps/pmtrec-combine-ciao/pmtrec-all-s? --baseline single --out results/pmtrec-combine-ciao/vs-single
 	$(call pmtrec_combine,lastfm,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
 	  au:ew-au+pmtrec-au+pmtrec-au-uniform all:ew-all+pmtrec-all+pmtrec-all-uniform)
+	$(BIN)/recmtl compare runs/sweeps/pmtrec-combine-lastfm/ew-au-s? runs/sweeps/pmtrec-combine-lastfm/pmtrec-au-combine=raw-s? \
+	  runs/sweeps/pmtrec-combine-lastfm/pmtrec-au-logit-s? --baseline ew --out results/pmtrec-combine-lastfm/au-readings --no-plots
 	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-lastfm.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-lastfm.toml --baseline ew --out results/pmtrec-sensitivity-lastfm
 
