@@ -150,7 +150,7 @@ define pmtrec_combine
 	$(call compare_settings,pmtrec-combine-$(1),pmtrec-combine-$(1)/,$(2))
 endef
 
-reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination; Last.fm alpha x tau -> results/pmtrec-*/
+reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 seeds, Ciao + Last.fm; PMTRec's unit vs raw combination and readings; alpha x tau; 150 epochs -> results/pmtrec-*/
 	$(call pmtrec_study,ciao)
 	$(call pmtrec_study,lastfm)
 	$(call pmtrec_combine,ciao,independent:ew-independent+pmtrec-independent aligned:ew-aligned+pmtrec-aligned \
@@ -165,6 +165,10 @@ reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 see
 	  runs/sweeps/pmtrec-combine-lastfm/pmtrec-au-logit-s? --baseline ew --out results/pmtrec-combine-lastfm/au-readings --no-plots
 	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-lastfm.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-lastfm.toml --baseline ew --out results/pmtrec-sensitivity-lastfm
+	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-ciao-au.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao-au.toml --baseline ew --out results/pmtrec-sensitivity-ciao-au
+	for d in ciao lastfm; do $(BIN)/recmtl sweep sweeps/pmtrec-budget-$$d.toml --jobs $(JOBS) --quiet && \
+	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-budget-$$d.toml --baseline ew --out results/pmtrec-budget-$$d --no-plots || exit 1; done
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/
