@@ -167,8 +167,10 @@ reproduce-pmtrec-study: $(STAMP) ## aux sampling x norm source x aux sets, 3 see
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-lastfm.toml --baseline ew --out results/pmtrec-sensitivity-lastfm
 	$(BIN)/recmtl sweep sweeps/pmtrec-sensitivity-ciao-au.toml --jobs $(JOBS) --quiet
 	$(BIN)/recmtl compare --sweep sweeps/pmtrec-sensitivity-ciao-au.toml --baseline ew --out results/pmtrec-sensitivity-ciao-au
-	for d in ciao lastfm; do $(BIN)/recmtl sweep sweeps/pmtrec-budget-$$d.toml --jobs $(JOBS) --quiet && \
-	  $(BIN)/recmtl compare --sweep sweeps/pmtrec-budget-$$d.toml --baseline ew --out results/pmtrec-budget-$$d --no-plots || exit 1; done
+	$(BIN)/recmtl sweep sweeps/pmtrec-budget-ciao.toml --jobs $(JOBS) --quiet
+	$(BIN)/recmtl compare --sweep sweeps/pmtrec-budget-ciao.toml --baseline ew --out results/pmtrec-budget-ciao --no-plots
+	$(BIN)/recmtl sweep sweeps/pmtrec-budget-lastfm.toml --jobs $(JOBS) --quiet
+	$(call compare_settings,pmtrec-budget-lastfm,pmtrec-budget-lastfm/,au:ew+pmtrec+pmtrec-alpha1 all:ew-all+pmtrec-all)
 
 # Robustness: a pure-noise social table; a good method must not fall below single.
 reproduce-robustness: $(STAMP) ## the noisy-social robustness check on synthetic data -> results/robustness-noisy-social/
